@@ -1,0 +1,237 @@
+"""Datasets as uint8 tensors: CIFAR-10 (downloaded or local), balanced subsets, a synthetic set.
+
+CIFAR-10 is decoded once into a cached tensor file; afterwards loading it takes well under
+a second. Where it comes from is one setting, ``$ADVBOOK_DATA`` (or ``source=``):
+
+* unset: torchvision downloads the real CIFAR-10 into the cache (needs internet);
+* a folder holding torchvision's ``cifar-10-batches-py`` (the real data, offline);
+* an ImageFolder tree ``train/<class>/*`` and ``test/<class>/*``, or a ``.tar.gz`` of one,
+  such as the JPEG-75 re-encoding shipped beside this repo (labelled ``cifar10-jpeg75``).
+
+Images stay uint8 in NCHW until :func:`to_float` maps them to [0, 1]; normalisation
+happens inside the model, never here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import cache
+
+__all__ = [
+    "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "Split", "Dataset", "DatasetUnavailable",
+    "load_cifar10", "load_dataset", "balanced_subset", "synthetic", "to_float", "DATASETS",
+]
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# sha256 of the offline JPEG re-encoding (shared/data/SHA256SUMS): identifies it as lossy.
+JPEG75_SHA256 = "6b23b0d22b53b35fa1abfcfcf69c7098488e2a8f5e3e0af8e02bd7f8a19abc7b"
+_DECODER_VERSION = 1  # bump when decoding changes, so cached tensors are rebuilt
+
+HOW_TO_PROVIDE = (
+    "CIFAR-10 is not available: it is not in the cache ({cache}) and could not be "
+    "downloaded ({why}). Connect to the internet, or set ADVBOOK_DATA to a local copy: "
+    "a folder with torchvision's cifar-10-batches-py, an ImageFolder tree with train/<class>/ "
+    "and test/<class>/, or a .tar.gz of such a tree "
+    "(e.g. ADVBOOK_DATA=../shared/data/cifar10-jpeg.tar.gz)."
+)
+
+
+class DatasetUnavailable(RuntimeError):
+    """The dataset is neither cached nor reachable; the message says how to provide it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8, (N, C, H, W)
+    labels: torch.Tensor  # int64, (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    name: str        # identity, e.g. "cifar10" or "cifar10-jpeg75"; recorded in provenance
+    source: str      # where it was read from
+    checksum: str    # sha256 of the decoded tensors: same bytes, same checksum
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train: Split
+    test: Split
+
+    def identity(self) -> dict:
+        return {"name": self.name, "source": self.source, "sha256": self.checksum,
+                "n_train": len(self.train), "n_test": len(self.test)}
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images in [0, 255] to float32 in [0, 1]."""
+    return images.float().div_(255.0)
+
+
+def _checksum(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _decode_imagefolder_entries(entries) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """entries: iterable of (relative path 'split/class/file', bytes-reader). Returns split tensors."""
+    from PIL import Image
+
+    found: dict[str, list[tuple[str, str, np.ndarray]]] = {"train": [], "test": []}
+    for rel, read in entries:
+        parts = Path(rel).parts
+        if len(parts) < 3 or parts[-3] not in found:
+            continue
+        split, cls, fname = parts[-3], parts[-2], parts[-1]
+        if cls not in CIFAR10_CLASSES:
+            raise ValueError(f"unknown class folder {cls!r} in {rel}; expected one of {CIFAR10_CLASSES}")
+        img = np.asarray(Image.open(io.BytesIO(read())).convert("RGB"))
+        found[split].append((cls, fname, img))
+    out = {}
+    for split, rows in found.items():
+        if not rows:
+            raise ValueError(f"no images under {split}/ in the ImageFolder copy")
+        rows.sort(key=lambda r: (CIFAR10_CLASSES.index(r[0]), r[1]))
+        images = torch.from_numpy(np.stack([r[2] for r in rows])).permute(0, 3, 1, 2).contiguous()
+        labels = torch.tensor([CIFAR10_CLASSES.index(r[0]) for r in rows], dtype=torch.int64)
+        out[split] = (images, labels)
+    return out
+
+
+def _read_tarball(path: Path):
+    with tarfile.open(path, "r:*") as tf:
+        members = [m for m in tf.getmembers() if m.isfile()]
+        return _decode_imagefolder_entries((m.name, tf.extractfile(m).read) for m in members)
+
+
+def _read_tree(path: Path):
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return _decode_imagefolder_entries((str(p.relative_to(path)), p.read_bytes) for p in files)
+
+
+def _read_torchvision(root: Path, *, download: bool):
+    from torchvision.datasets import CIFAR10
+
+    out = {}
+    for split, train in (("train", True), ("test", False)):
+        ds = CIFAR10(root=str(root), train=train, download=download)
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        out[split] = (images, torch.tensor(ds.targets, dtype=torch.int64))
+    return out
+
+
+def _resolve_source(source: str | os.PathLike | None) -> tuple[str, str, Path | None]:
+    """Return (kind, identity name, path) for a data setting."""
+    if source in (None, ""):
+        return "download", "cifar10", None
+    path = Path(source).expanduser().resolve()
+    if not path.exists():
+        raise DatasetUnavailable(
+            f"ADVBOOK_DATA={source} does not exist; point it at a cifar-10-batches-py folder, "
+            "an ImageFolder tree with train/ and test/, or a .tar.gz of one, or unset it to download.")
+    if path.is_file():
+        if not path.name.endswith((".tar.gz", ".tgz", ".tar")):
+            raise DatasetUnavailable(f"ADVBOOK_DATA={source} is a file but not a .tar.gz/.tgz/.tar archive")
+        name = "cifar10-jpeg75" if cache.sha256_file(path) == JPEG75_SHA256 else f"cifar10-imagefolder-{path.name}"
+        return "tarball", name, path
+    if (path / "cifar-10-batches-py").is_dir() or path.name == "cifar-10-batches-py":
+        return "torchvision", "cifar10", path.parent if path.name == "cifar-10-batches-py" else path
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return "tree", f"cifar10-imagefolder-{path.name}", path
+    raise DatasetUnavailable(
+        f"ADVBOOK_DATA={source} is neither a cifar-10-batches-py folder nor an ImageFolder tree "
+        "with train/ and test/ sub-folders")
+
+
+def load_cifar10(*, source: str | os.PathLike | None = None) -> Dataset:
+    """CIFAR-10 as uint8 tensors, decoded once and cached; ``source`` defaults to ``$ADVBOOK_DATA``."""
+    if source is None:
+        source = os.environ.get("ADVBOOK_DATA") or None
+    kind, name, path = _resolve_source(source)
+    key = cache.stable_hash({"kind": kind, "name": name, "path": str(path), "v": _DECODER_VERSION})
+    cached = cache.cache_dir("data") / f"{name}-{key}.pt"
+    state = None
+    if cached.exists():
+        try:
+            state = cache.load_checkpoint(cached)
+        except cache.CorruptCheckpoint:
+            cached.unlink()
+    if state is None:
+        if kind == "download":
+            root = cache.cache_dir("data/torchvision")
+            try:
+                splits = _read_torchvision(root, download=True)
+            except Exception as exc:  # no network, refused, truncated download
+                raise DatasetUnavailable(HOW_TO_PROVIDE.format(cache=root, why=type(exc).__name__)) from None
+        elif kind == "torchvision":
+            splits = _read_torchvision(path, download=False)
+        elif kind == "tarball":
+            splits = _read_tarball(path)
+        else:
+            splits = _read_tree(path)
+        state = {f"{s}_{k}": t for s, (i, l) in splits.items() for k, t in (("images", i), ("labels", l))}
+        cache.save_checkpoint(cached, state)
+    train = Split(state["train_images"], state["train_labels"])
+    test = Split(state["test_images"], state["test_labels"])
+    return Dataset(name=name, source=str(path) if path else "torchvision download",
+                   checksum=_checksum(train.images, train.labels, test.images, test.labels),
+                   classes=CIFAR10_CLASSES, mean=CIFAR10_MEAN, std=CIFAR10_STD, train=train, test=test)
+
+
+def synthetic(*, n_train: int = 200, n_test: int = 100, num_classes: int = 10, size: int = 8,
+              seed: int = 0) -> Dataset:
+    """A tiny learnable dataset for unit tests: one smooth colour pattern per class plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(num_classes, 3, size, size, generator=g)
+    prototypes = torch.nn.functional.avg_pool2d(prototypes, 3, stride=1, padding=1, count_include_pad=False)
+
+    def make(n: int) -> Split:
+        labels = torch.arange(n) % num_classes
+        x = prototypes[labels] + 0.15 * torch.randn(n, 3, size, size, generator=g)
+        return Split((x.clamp(0, 1) * 255).round().to(torch.uint8), labels)
+
+    train, test = make(n_train), make(n_test)
+    return Dataset(name=f"synthetic-{num_classes}c-{size}px-s{seed}", source="generated",
+                   checksum=_checksum(train.images, train.labels, test.images, test.labels),
+                   classes=tuple(f"class{i}" for i in range(num_classes)),
+                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), train=train, test=test)
+
+
+DATASETS = {"cifar10": load_cifar10, "synthetic": synthetic}
+
+
+def load_dataset(name: str) -> Dataset:
+    """Load a dataset by name; an unknown name fails with the valid choices."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]()
+
+
+def balanced_subset(labels: torch.Tensor, *, n_per_class: int, seed: int) -> torch.Tensor:
+    """Sorted indices of ``n_per_class`` samples drawn at random from every class."""
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        if n_per_class > len(idx):
+            raise ValueError(f"class {c} has {len(idx)} samples, fewer than n_per_class={n_per_class}")
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:n_per_class]])
+    return torch.sort(torch.cat(picks)).values

@@ -1,0 +1,238 @@
+"""Experiments: profiles, validated parameters, seeds, device choice and provenance.
+
+An *experiment* is one notebook. Its parameters are declared here (name, type, range or
+choices) and their values per profile live in ``profiles.toml``. :func:`start` merges a
+profile with overrides, checks every value before any work starts, seeds everything,
+picks the device and starts the clock; the returned :class:`Run` collects what the
+provenance of each artifact needs (dataset identity, checkpoints, seeds, wall time).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .attacks import ATTACKS
+from .data import DATASETS
+from .models import MODELS
+from .threats import THREATS
+
+__all__ = ["Param", "SCHEMAS", "PROFILES", "load_profiles", "resolve", "parse_value", "start", "Run",
+           "pick_device", "seed_everything", "repo_root", "ParameterError"]
+
+PROFILES = ("smoke", "cpu", "paper")
+
+
+class ParameterError(ValueError):
+    """A parameter name, type or value is not valid; the message lists what is."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    kind: type                      # int, float, str, bool or list (of str choices)
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def check(self, name: str, value: Any) -> Any:
+        if isinstance(value, str) and self.kind is not str:
+            value = parse_value(value, self.kind)
+        if self.kind is list:
+            value = [value] if isinstance(value, str) else list(value)
+            bad = [v for v in value if v not in self.choices]
+            if bad or not value:
+                raise ParameterError(f"{name}={value!r}: each item must be one of {', '.join(self.choices)}")
+            return value
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.kind) or (self.kind is int and isinstance(value, bool)):
+            raise ParameterError(f"{name}={value!r} must be of type {self.kind.__name__}")
+        if self.choices is not None and value not in self.choices:
+            raise ParameterError(f"{name}={value!r} is not one of: {', '.join(self.choices)}")
+        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+            raise ParameterError(f"{name}={value!r} is out of range [{self.low}, {self.high}]")
+        return value
+
+
+def parse_value(text: str, kind: type) -> Any:
+    """Parse a command-line value: ints, floats (also fractions like ``8/255``), bools, lists."""
+    text = text.strip()
+    try:
+        if kind is bool:
+            if text.lower() in ("true", "1", "yes"):
+                return True
+            if text.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if kind is int:
+            return int(text)
+        if kind is float:
+            if "/" in text:
+                num, den = text.split("/")
+                return float(num) / float(den)
+            return float(text)
+        if kind is list:
+            return [t.strip() for t in text.split(",") if t.strip()]
+        return text
+    except ValueError:
+        raise ParameterError(f"cannot read {text!r} as {kind.__name__}") from None
+
+
+_COMMON = {
+    "dataset": Param(str, "dataset name", choices=tuple(DATASETS)),
+    "model": Param(str, "architecture", choices=tuple(MODELS)),
+    "seed": Param(int, "seed for weights, subsets and attacks", 0, 2**31 - 1),
+    "device": Param(str, "where to compute", choices=("auto", "cpu", "cuda")),
+}
+_TRAIN = {
+    "train_per_class": Param(int, "training images per class", 1, 5000),
+    "epochs": Param(int, "training epochs", 1, 1000),
+    "batch_size": Param(int, "training batch size", 1, 4096),
+    "lr": Param(float, "peak learning rate", 1e-6, 10.0),
+    "weight_decay": Param(float, "weight decay", 0.0, 1.0),
+}
+
+SCHEMAS: dict[str, dict[str, Param]] = {
+    "hol_ddb": {
+        **_COMMON, **_TRAIN,
+        "n_samples": Param(int, "test images attacked, balanced over classes", 10, 10000),
+        "attacks": Param(list, "attacks that estimate DDB and steps", choices=tuple(ATTACKS)),
+        "pgd_norm": Param(str, "PGD threat model", choices=tuple(THREATS)),
+        "eps": Param(float, "PGD budget (in [0, 1] pixel units)", 1e-6, 100.0),
+        "step_size": Param(float, "PGD step size", 1e-6, 100.0),
+        "pgd_steps": Param(int, "PGD iterations at most", 1, 10000),
+        "random_start": Param(bool, "PGD starts at a random point of the ball"),
+        "deepfool_steps": Param(int, "DeepFool iterations at most", 1, 10000),
+        "overshoot": Param(float, "DeepFool overshoot", 0.0, 1.0),
+        "attack_batch_size": Param(int, "images per attack batch", 1, 10000),
+        "ddb_bins": Param(int, "DDB quantile bins for the spread of steps", 2, 100),
+    },
+}
+
+
+def repo_root() -> Path:
+    """The repository root (the folder holding ``_toc.yml``), or the working directory."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "_toc.yml").exists():
+            return parent
+    return Path.cwd()
+
+
+def load_profiles() -> dict:
+    with open(Path(__file__).with_name("profiles.toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def resolve(experiment: str, *, profile: str, overrides: dict | None = None) -> dict:
+    """The checked parameters of ``experiment`` under ``profile`` with ``overrides`` applied."""
+    if experiment not in SCHEMAS:
+        raise ParameterError(f"unknown experiment {experiment!r}; valid: {', '.join(SCHEMAS)}")
+    if profile not in PROFILES:
+        raise ParameterError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+    schema = SCHEMAS[experiment]
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(schema))
+    if unknown:
+        raise ParameterError(f"unknown parameter(s) {', '.join(unknown)} for {experiment}; "
+                             f"valid: {', '.join(sorted(schema))}")
+    values = {**load_profiles()[experiment][profile], **overrides}
+    missing = sorted(set(schema) - set(values))
+    if missing:
+        raise ParameterError(f"profile {profile} of {experiment} lacks {', '.join(missing)}")
+    return {name: schema[name].check(name, values[name]) for name in schema}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(choice: str = "auto") -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ParameterError("device=cuda but no CUDA device is visible; use device=auto or cpu")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def _git_commit() -> dict:
+    root = repo_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        return {"commit": commit or None, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("advbook", "torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+@dataclasses.dataclass
+class Run:
+    experiment: str
+    profile: str
+    params: dict
+    overrides: dict
+    device: torch.device
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    dataset: dict | None = None
+    checkpoints: list = dataclasses.field(default_factory=list)
+
+    @property
+    def seed(self) -> int:
+        return self.params["seed"]
+
+    def use_dataset(self, dataset) -> None:
+        self.dataset = dataset.identity()
+
+    def use_model(self, trained) -> None:
+        self.checkpoints.append(trained.provenance())
+
+    def artifact_dir(self) -> Path:
+        root = os.environ.get("ADVBOOK_ARTIFACTS") or repo_root() / "artifacts"
+        path = Path(root) / self.profile
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def provenance(self) -> dict:
+        device = {"type": self.device.type, "torch_threads": torch.get_num_threads()}
+        if self.device.type == "cuda":
+            device["name"] = torch.cuda.get_device_name(self.device)
+        return {"experiment": self.experiment, "profile": self.profile, "params": self.params,
+                "overrides": self.overrides, "dataset": self.dataset, "checkpoints": self.checkpoints,
+                "seeds": {"seed": self.seed}, "device": device, "versions": _versions(),
+                "git": _git_commit(), "wall_seconds": round(time.perf_counter() - self.started, 2),
+                "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def start(experiment: str, *, profile: str, overrides: dict | None = None) -> Run:
+    """Validate the parameters, seed everything, pick the device and start the clock."""
+    params = resolve(experiment, profile=profile, overrides=overrides)
+    seed_everything(params["seed"])
+    device = pick_device(params.get("device", "auto"))
+    return Run(experiment, profile, params, dict(overrides or {}), device)

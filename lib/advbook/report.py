@@ -1,0 +1,100 @@
+"""Artifacts: data, image and provenance files per artifact ID, and paper-vs-reproduced tables.
+
+``write_artifact`` writes, atomically, into ``artifacts/<profile>/``:
+
+* ``<ID>.csv`` (a table) or ``<ID>.json`` (a dict of numbers) — the artifact's data;
+* ``<ID>.samples.csv`` — the per-sample table behind it, so any number can be audited,
+  and ``<ID>.<name>.csv`` for any further named table;
+* ``<ID>.png`` — the figure, if there is one;
+* ``<ID>.provenance.json`` — parameters, profile, dataset and checksum, checkpoints,
+  versions, git commit, device, seeds, wall time, and the sha256 of every file above.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects (no pyplot state, no backend
+dependence) and shown in notebooks as PNG images, so the book embeds them as ``<img>``.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+
+from . import cache
+from .experiment import Run
+
+__all__ = ["ARTIFACT_ID", "write_artifact", "paper_result", "compare", "show_image", "new_figure"]
+
+ARTIFACT_ID = re.compile(r"^(HOL|VIR|RRM|AGK|LEC)-[FT]\d+$")
+
+
+def _check_id(artifact_id: str) -> None:
+    if not ARTIFACT_ID.match(artifact_id):
+        raise ValueError(f"artifact ID {artifact_id!r} is not of the form HOL-F2, VIR-T1, ... "
+                         "(paper HOL|VIR|RRM|AGK|LEC, F or T, number); see shared/ARTIFACTS.md")
+
+
+def new_figure(*, width: float = 10, height: float = 4):
+    """A pyplot-free figure, safe under any backend."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def write_artifact(run: Run, artifact_id: str, *, data: pd.DataFrame | dict, figure=None,
+                   samples: pd.DataFrame | None = None,
+                   tables: dict[str, pd.DataFrame] | None = None) -> dict[str, Path]:
+    """Write an artifact's data, per-sample table, extra tables, figure and provenance.
+
+    ``tables`` holds further named tables (``<ID>.<name>.csv``). Returns the paths written.
+    """
+    _check_id(artifact_id)
+    if figure is None and artifact_id.split("-")[1].startswith("F"):
+        raise ValueError(f"{artifact_id} is a figure: pass figure=")
+    out = run.artifact_dir()
+    paths: dict[str, Path] = {}
+    if isinstance(data, pd.DataFrame):
+        paths["data"] = out / f"{artifact_id}.csv"
+        with cache.atomic_path(paths["data"]) as tmp:
+            data.to_csv(tmp, index=False)
+    else:
+        paths["data"] = cache.write_json(out / f"{artifact_id}.json", data)
+    for name, table in {**(tables or {}), **({"samples": samples} if samples is not None else {})}.items():
+        if not re.fullmatch(r"[a-z0-9_]+", name):
+            raise ValueError(f"table name {name!r} must be lower-case letters, digits and underscores")
+        paths[name] = out / f"{artifact_id}.{name}.csv"
+        with cache.atomic_path(paths[name]) as tmp:
+            table.to_csv(tmp, index=False)
+    if figure is not None:
+        paths["image"] = out / f"{artifact_id}.png"
+        with cache.atomic_path(paths["image"]) as tmp:
+            figure.savefig(tmp, format="png", dpi=150)
+    provenance = run.provenance()
+    provenance["artifact"] = artifact_id
+    provenance["files"] = {kind: {"name": p.name, "sha256": cache.sha256_file(p)} for kind, p in paths.items()}
+    paths["provenance"] = cache.write_json(out / f"{artifact_id}.provenance.json", provenance)
+    return paths
+
+
+def paper_result(artifact_id: str) -> dict:
+    """What the paper reports for ``artifact_id`` (``cite``, ``claims``, ``columns``/``rows``)."""
+    _check_id(artifact_id)
+    with open(Path(__file__).with_name("paper_results.toml"), "rb") as f:
+        table = tomllib.load(f)
+    if artifact_id not in table:
+        raise KeyError(f"no paper result recorded for {artifact_id}; recorded: {', '.join(table)}")
+    return table[artifact_id]
+
+
+def compare(run: Run, rows: list[tuple[str, object, object]], *, paper_label: str) -> pd.DataFrame:
+    """A paper-vs-reproduced table; the reproduced column is labelled with profile and dataset."""
+    dataset = (run.dataset or {}).get("name", "?")
+    return pd.DataFrame(rows, columns=["quantity", f"paper ({paper_label})",
+                                       f"reproduced ({run.profile} profile, {dataset})"])
+
+
+def show_image(path: str | Path):
+    """Display a PNG in a notebook as an image output (rendered by the book as ``<img>``)."""
+    from IPython.display import Image, display
+
+    display(Image(filename=str(path)))

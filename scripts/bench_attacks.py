@@ -1,0 +1,98 @@
+"""Attack throughput against foolbox, in one process, on the same model, images and settings.
+
+    python scripts/bench_attacks.py [--n 500] [--repeats 3] [--profile cpu]
+
+The model is the one the HOL §4 notebook trains for the chosen profile (taken from the cache,
+trained if absent). Each attack runs ``repeats`` times; the median wall time gives images per
+second, and the ratio ours / foolbox is reported beside the agreement of the two results.
+Writes ``book/bench_attacks.md`` (included by the Performance page) and
+``artifacts/bench/attacks.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import foolbox as fb
+import torch
+
+from advbook import attacks, data, experiment, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, repeats: int):
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=500, help="test images (one batch)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", default="cpu", choices=experiment.PROFILES)
+    args = parser.parse_args()
+
+    P = experiment.resolve("hol_ddb", profile=args.profile)
+    device = experiment.pick_device(P["device"])
+    ds = data.load_dataset(P["dataset"])
+    index = data.balanced_subset(ds.train.labels, n_per_class=P["train_per_class"], seed=P["seed"])
+    model = train.train_model(model_name=P["model"], dataset=ds, train_index=index, seed=P["seed"], device=device,
+                              cfg=train.TrainConfig(epochs=P["epochs"], batch_size=P["batch_size"], lr=P["lr"],
+                                                    weight_decay=P["weight_decay"])).model
+    test = data.balanced_subset(ds.test.labels, n_per_class=args.n // len(ds.classes), seed=1)
+    x = data.to_float(ds.test.images[test]).to(device)
+    y = ds.test.labels[test].to(device)
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+
+    eps, step, steps = 8 / 255, 2 / 255, 10
+    cases = [
+        ("PGD L∞, 10 steps, eps 8/255 (all steps)",
+         lambda: attacks.pgd(model, x, y, eps=eps, step_size=step, steps=steps, stop_on_success=False),
+         lambda: fb.attacks.LinfPGD(abs_stepsize=step, steps=steps, random_start=False)(fmodel, x, y, epsilons=eps),
+         lambda o, f: (o.x_adv - f[1]).abs().max().item()),
+        ("DeepFool L2, 50 steps, overshoot 0.02",
+         lambda: attacks.deepfool(model, x, y, steps=50, overshoot=0.02),
+         lambda: fb.attacks.L2DeepFoolAttack(steps=50, candidates=None, overshoot=0.02)(fmodel, x, y, epsilons=None),
+         lambda o, f: ((o.l2 - (f[0] - x).flatten(1).norm(dim=1)).abs().max()).item()),
+    ]
+    rows = []
+    for name, ours_fn, theirs_fn, diff in cases:
+        ours_fn(), theirs_fn()  # warm-up
+        t_ours, o = timed(ours_fn, args.repeats)
+        t_fb, f = timed(theirs_fn, args.repeats)
+        rows.append({"attack": name, "images": len(x), "ours_img_s": len(x) / t_ours, "foolbox_img_s": len(x) / t_fb,
+                     "ratio": t_fb / t_ours, "max_abs_difference": diff(o, f),
+                     "same_success": bool(torch.equal(o.success, f[2]))})
+        print(f"{name}: ours {len(x) / t_ours:.0f} img/s, foolbox {len(x) / t_fb:.0f} img/s, "
+              f"ratio {t_fb / t_ours:.2f}, max |difference| {rows[-1]['max_abs_difference']:.2e}")
+
+    machine = {"device": str(device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+               "torch": torch.__version__, "foolbox": fb.__version__, "model": P["model"], "dataset": ds.name,
+               "repeats": args.repeats, "date": time.strftime("%Y-%m-%d")}
+    out = REPO / "artifacts" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "attacks.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    lines = [f"Measured {machine['date']} on {machine['device']} ({machine['threads']} threads, {machine['cpu']}), "
+             f"torch {machine['torch']}, foolbox {machine['foolbox']}; model `{machine['model']}` "
+             f"({args.profile} profile), {len(x)} `{machine['dataset']}` test images in one batch, "
+             f"median of {args.repeats} runs.", "",
+             "| attack | ours (img/s) | foolbox (img/s) | speed-up (foolbox time / ours) | max abs. difference | same success flags |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['attack']} | {r['ours_img_s']:.0f} | {r['foolbox_img_s']:.0f} | {r['ratio']:.2f}× | "
+                     f"{r['max_abs_difference']:.1e} | {'yes' if r['same_success'] else 'no'} |")
+    (REPO / "book" / "bench_attacks.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {REPO / 'book' / 'bench_attacks.md'}")
+
+
+if __name__ == "__main__":
+    main()

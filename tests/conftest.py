@@ -1,0 +1,72 @@
+"""Shared fixtures: an isolated cache per session, a synthetic dataset and a tiny trained model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Every test writes its cache and artifacts under a fresh temporary folder."""
+    root = tmp_path_factory.mktemp("advbook")
+    saved = {k: os.environ.get(k) for k in ("ADVBOOK_CACHE", "ADVBOOK_ARTIFACTS", "ADVBOOK_DATA")}
+    shared = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+    if not os.environ.get("ADVBOOK_DATA") and shared.exists():  # as the Makefile does, for a bare `pytest`
+        os.environ["ADVBOOK_DATA"] = str(shared)
+    os.environ["ADVBOOK_CACHE"] = str(root / "cache")
+    os.environ["ADVBOOK_ARTIFACTS"] = str(root / "artifacts")
+    yield root
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def synth():
+    from advbook import data
+
+    return data.synthetic(n_train=400, n_test=200, num_classes=4, size=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(synth):
+    """A tiny CNN trained for a few epochs on the synthetic set (cached for the session)."""
+    from advbook import train
+
+    trained = train.train_model(model_name="tiny_cnn", dataset=synth, seed=0,
+                                cfg=train.TrainConfig(epochs=4, batch_size=50, lr=0.05))
+    return trained.model
+
+
+@pytest.fixture(scope="session")
+def test_batch(synth, tiny_model):
+    """Synthetic test images in [0, 1] with the model's own predictions as targets."""
+    from advbook import data, train
+
+    x = data.to_float(synth.test.images[:64])
+    pred = train.predict(tiny_model, x).argmax(1)
+    return x, pred, synth.test.labels[:64]
+
+
+class Affine(torch.nn.Module):
+    """logits = W x + b on flattened inputs: DDB has a closed form."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight)
+        self.bias = torch.nn.Parameter(bias)
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.T + self.bias
+
+
+@pytest.fixture
+def affine():
+    return Affine

@@ -1,0 +1,100 @@
+"""End to end: every notebook runs in the smoke profile, the book builds with -W, and every
+artifact a notebook writes has its files and appears in the HTML as an image or table."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from advbook import experiment, report
+
+REPO = Path(__file__).resolve().parents[1]
+WRITES = re.compile(r"write_artifact\(\s*run,\s*\"([A-Z]{3}-[FT]\d+)\"")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory):
+    """Execute every notebook (smoke) into a copy of the book sources and build that copy."""
+    root = tmp_path_factory.mktemp("book")
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("executed", "_build"))
+    env = {**os.environ, "ADVBOOK_EXECUTED": str(root / "book" / "executed"),
+           "ADVBOOK_ARTIFACTS": str(root / "artifacts")}
+    run = subprocess.run([sys.executable, "-m", "advbook.cli", "run", "all", "--profile", "smoke", "--log"],
+                         env=env, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    jb = Path(sys.executable).with_name("jupyter-book")
+    build = subprocess.run([str(jb), "build", str(root), "-W", "-n", "--keep-going"],
+                           capture_output=True, text=True, timeout=1200)
+    assert build.returncode == 0, build.stdout[-6000:] + build.stderr[-3000:]
+    return root
+
+
+def notebooks():
+    profiles = experiment.load_profiles()
+    return [REPO / profiles[name]["notebook"] for name in experiment.SCHEMAS]
+
+
+def test_every_notebook_has_a_parameters_cell_and_is_listed_in_the_toc():
+    toc = (REPO / "_toc.yml").read_text()
+    for nb_path in notebooks():
+        nb = json.loads(nb_path.read_text())
+        tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, nb_path.name
+        assert "profile" in "".join(tagged[0]["source"]) and "params" in "".join(tagged[0]["source"])
+        assert f"book/executed/{nb_path.stem}" in toc
+        assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), \
+            f"{nb_path.name}: commit notebooks without outputs"
+
+
+def test_every_artifact_has_its_files_and_is_shown_in_the_html(built_book):
+    from bs4 import BeautifulSoup
+
+    found = 0
+    for nb_path in notebooks():
+        executed = built_book / "book" / "executed" / nb_path.name
+        assert executed.exists(), f"{nb_path.name} was not executed"
+        source = "".join("".join(c["source"]) for c in json.loads(executed.read_text())["cells"])
+        ids = WRITES.findall(source)
+        assert ids, f"{nb_path.name} writes no artifact"
+        html = (built_book / "_build" / "html" / "book" / "executed" / f"{nb_path.stem}.html").read_text()
+        soup = BeautifulSoup(html, "html.parser")
+        for artifact_id in ids:
+            folder = built_book / "artifacts" / "smoke"
+            data = [folder / f"{artifact_id}.csv", folder / f"{artifact_id}.json"]
+            assert any(p.exists() for p in data), f"{artifact_id}: no data file"
+            prov = json.loads((folder / f"{artifact_id}.provenance.json").read_text())
+            assert prov["profile"] == "smoke" and prov["dataset"]["sha256"] and prov["wall_seconds"] > 0
+            assert prov["git"].keys() == {"commit", "dirty"} and prov["versions"]["torch"]
+            if report.ARTIFACT_ID.match(artifact_id) and "-F" in artifact_id:
+                assert (folder / f"{artifact_id}.png").read_bytes()[:4] == b"\x89PNG"
+                figure = soup.find(id=artifact_id.lower())
+                assert figure is not None, f"{artifact_id}: no element labelled {artifact_id.lower()}"
+                img = figure.find("img")
+                assert img is not None, f"{artifact_id}: the figure is not rendered as an image"
+                assert (built_book / "_build" / "html" / "book" / "executed" / img["src"]).resolve().exists()
+            found += 1
+    assert found >= 1
+
+
+def test_pages_show_no_errors_and_label_the_profile(built_book):
+    for nb_path in notebooks():
+        html = (built_book / "_build" / "html" / "book" / "executed" / f"{nb_path.stem}.html").read_text()
+        assert "Traceback" not in html and "Error" not in re.sub(r"<[^>]+>", "", html).split("References")[0]
+        assert "smoke profile" in html
+
+
+def test_bibliography_lists_the_five_sources(built_book):
+    html = (built_book / "_build" / "html" / "book" / "bibliography.html").read_text().lower()
+    for words in ("holistic approach", "vulnerability-aware instance reweighting", "robust representation matching",
+                  "agkd-bml", "adversarial robustness (lecture 76"):
+        assert words in html, words

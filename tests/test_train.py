@@ -1,0 +1,105 @@
+"""Training: determinism, the content-keyed cache, resume after a kill, corrupted files."""
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from advbook import cache, train
+
+CFG = train.TrainConfig(epochs=3, batch_size=64, lr=0.05)
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    def make(name):
+        monkeypatch.setenv("ADVBOOK_CACHE", str(tmp_path / name))
+    make("a")
+    return make
+
+
+def test_same_seed_gives_identical_weights(synth, fresh_cache):
+    a = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=5)
+    fresh_cache("b")
+    b = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=5)
+    assert not a.from_cache and not b.from_cache
+    assert same(weights(a.model), weights(b.model))
+    fresh_cache("c")
+    c = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=6)
+    assert not same(weights(a.model), weights(c.model))
+
+
+def test_second_request_loads_from_cache(synth, fresh_cache):
+    a = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=0)
+    b = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=0)
+    assert b.from_cache and b.key == a.key
+    assert same(weights(a.model), weights(b.model))
+    assert b.meta["sha256"] == cache.sha256_file(b.checkpoint)
+
+
+def test_key_covers_what_determines_the_weights(synth):
+    base = dict(model_name="tiny_cnn", dataset=synth, train_index=None, cfg=CFG, seed=0)
+    key = train.model_key(**base)
+    assert train.model_key(**base) == key
+    assert train.model_key(**{**base, "seed": 1}) != key
+    assert train.model_key(**{**base, "cfg": train.TrainConfig(epochs=4, batch_size=64, lr=0.05)}) != key
+    assert train.model_key(**{**base, "train_index": torch.arange(10)}) != key
+    assert train.model_key(**{**base, "model_name": "small_cnn"}) != key
+
+
+def test_killed_run_resumes_and_ends_with_the_same_weights(synth, fresh_cache):
+    reference = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=1)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(epoch, row):
+        if epoch == 1:
+            raise Killed
+
+    fresh_cache("killed")
+    with pytest.raises(Killed):
+        train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=1, on_epoch_end=kill_after_first)
+    folder = cache.cache_dir("models")
+    leftovers = [p.name for p in folder.rglob("*")]
+    assert "last.pt" in leftovers and "final.pt" not in leftovers
+    assert not [n for n in leftovers if n.endswith(".tmp")]  # no half-written files
+    epochs_run = []
+    resumed = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=1,
+                                on_epoch_end=lambda e, r: epochs_run.append(e))
+    assert epochs_run == [2, 3]
+    assert [r["epoch"] for r in resumed.meta["history"]] == [1, 2, 3]
+    assert same(weights(reference.model), weights(resumed.model))
+
+
+def test_corrupted_checkpoint_is_detected_and_rebuilt(synth, fresh_cache):
+    a = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=2)
+    a.checkpoint.write_bytes(a.checkpoint.read_bytes()[:100])  # truncate
+    b = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=2)
+    assert not b.from_cache
+    assert same(weights(a.model), weights(b.model))
+    assert train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=2).from_cache
+
+
+def test_augment_keeps_shape_range_and_is_seeded():
+    x = torch.rand(16, 3, 8, 8)
+    a = train.augment(x, generator=torch.Generator().manual_seed(0))
+    b = train.augment(x, generator=torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert a.min() >= 0 and a.max() <= 1
+    assert not torch.equal(a, x)
+
+
+def test_bad_config_fails_before_training(synth):
+    with pytest.raises(ValueError, match="epochs, batch_size and lr must be positive"):
+        train.train_model(model_name="tiny_cnn", dataset=synth, cfg=train.TrainConfig(epochs=0), seed=0)
+    with pytest.raises(ValueError, match=r"unknown model 'resnet19'; valid: tiny_cnn, small_cnn"):
+        train.train_model(model_name="resnet19", dataset=synth, cfg=CFG, seed=0)
