@@ -3,13 +3,7 @@ PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PROFILE ?= cpu
-# Offline copy of CIFAR-10 beside the checkout (used when ADVBOOK_DATA is not set).
-SHARED_DATA := $(abspath ../shared/data/cifar10-jpeg.tar.gz)
-ifeq ($(strip $(ADVBOOK_DATA)),)
-  ifneq ($(wildcard $(SHARED_DATA)),)
-    export ADVBOOK_DATA := $(SHARED_DATA)
-  endif
-endif
+# Data: $ADVBOOK_DATA if set, else ../shared/data/cifar10-jpeg.tar.gz if it exists, else a download.
 export PYTHONUNBUFFERED := 1
 
 .PHONY: book html test notebooks bench clean clean-cache env

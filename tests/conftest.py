@@ -14,10 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 def isolated_cache(tmp_path_factory):
     """Every test writes its cache and artifacts under a fresh temporary folder."""
     root = tmp_path_factory.mktemp("advbook")
-    saved = {k: os.environ.get(k) for k in ("ADVBOOK_CACHE", "ADVBOOK_ARTIFACTS", "ADVBOOK_DATA")}
-    shared = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-    if not os.environ.get("ADVBOOK_DATA") and shared.exists():  # as the Makefile does, for a bare `pytest`
-        os.environ["ADVBOOK_DATA"] = str(shared)
+    saved = {k: os.environ.get(k) for k in ("ADVBOOK_CACHE", "ADVBOOK_ARTIFACTS")}
     os.environ["ADVBOOK_CACHE"] = str(root / "cache")
     os.environ["ADVBOOK_ARTIFACTS"] = str(root / "artifacts")
     yield root

@@ -68,6 +68,13 @@ def test_missing_download_says_how_to_provide_the_data(monkeypatch):
         data.load_cifar10(source="")
 
 
+def test_the_data_setting_comes_from_the_environment_first(monkeypatch, tmp_path):
+    monkeypatch.setenv("ADVBOOK_DATA", str(tmp_path))
+    assert data.default_source() == str(tmp_path)
+    monkeypatch.delenv("ADVBOOK_DATA")
+    assert data.default_source() == (str(SHARED_DATA) if SHARED_DATA.exists() else None)
+
+
 def test_bad_data_setting_fails_with_the_accepted_forms(tmp_path):
     (tmp_path / "x.zip").write_bytes(b"")
     with pytest.raises(data.DatasetUnavailable, match=r"not a .tar.gz/.tgz/.tar archive"):

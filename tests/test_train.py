@@ -103,3 +103,32 @@ def test_bad_config_fails_before_training(synth):
         train.train_model(model_name="tiny_cnn", dataset=synth, cfg=train.TrainConfig(epochs=0), seed=0)
     with pytest.raises(ValueError, match=r"unknown model 'resnet19'; valid: tiny_cnn, small_cnn"):
         train.train_model(model_name="resnet19", dataset=synth, cfg=CFG, seed=0)
+
+
+KILL_SCRIPT = """
+import os, signal
+from advbook import data, train
+synth = data.synthetic(n_train=400, n_test=200, num_classes=4, size=8, seed=0)
+def die(epoch, row):
+    if epoch == 2:
+        os.kill(os.getpid(), signal.SIGKILL)  # a hard kill: no cleanup, no finally blocks
+train.train_model(model_name="tiny_cnn", dataset=synth, seed=3, on_epoch_end=die,
+                  cfg=train.TrainConfig(epochs=4, batch_size=64, lr=0.05))
+"""
+
+
+def test_hard_killed_process_resumes_from_its_checkpoint(synth, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    cfg = train.TrainConfig(epochs=4, batch_size=64, lr=0.05)
+    monkeypatch.setenv("ADVBOOK_CACHE", str(tmp_path / "reference"))
+    reference = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=cfg, seed=3)
+    monkeypatch.setenv("ADVBOOK_CACHE", str(tmp_path / "killed"))
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    epochs_run = []
+    resumed = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=cfg, seed=3,
+                                on_epoch_end=lambda e, r: epochs_run.append(e))
+    assert epochs_run == [3, 4]
+    assert same(weights(reference.model), weights(resumed.model))

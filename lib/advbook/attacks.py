@@ -54,6 +54,16 @@ def _result(x: torch.Tensor, x_adv: torch.Tensor, success, steps) -> AttackResul
     return AttackResult(x_adv.detach(), success, steps, delta.norm(dim=1), delta.abs().amax(dim=1))
 
 
+def _forward_active(model, x_adv, y, active):
+    """Logits of the still-active samples, with their indices, a grad-enabled copy and fooled flags."""
+    idx = active.nonzero().flatten()
+    if len(idx) == 0:
+        return None
+    xa = x_adv[idx].requires_grad_(True)
+    logits = model(xa)
+    return idx, xa, logits, logits.argmax(1) != y[idx]
+
+
 def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str = "linf",
         eps: float, step_size: float, steps: int, random_start: bool = False,
         stop_on_success: bool = True, seed: int = 0) -> AttackResult:
@@ -74,12 +84,10 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str =
     first_flip = torch.full((n,), -1, dtype=torch.long, device=x.device)
     active = torch.ones(n, dtype=torch.bool, device=x.device)
     for t in range(steps + 1):
-        idx = active.nonzero().flatten()
-        if len(idx) == 0:
+        state = _forward_active(model, x_adv, y, active)
+        if state is None:
             break
-        xa = x_adv[idx].requires_grad_(True)
-        logits = model(xa)
-        fooled = logits.argmax(1) != y[idx]
+        idx, xa, logits, fooled = state
         new = fooled & (first_flip[idx] < 0)
         first_flip[idx[new]] = t
         if stop_on_success:
@@ -126,12 +134,10 @@ def deepfool(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps:
     first_flip = torch.full((n,), -1, dtype=torch.long, device=x.device)
     active = torch.ones(n, dtype=torch.bool, device=x.device)
     for t in range(steps + 1):
-        idx = active.nonzero().flatten()
-        if len(idx) == 0:
+        state = _forward_active(model, x_adv, y, active)
+        if state is None:
             break
-        xa = x_adv[idx].requires_grad_(True)
-        logits = model(xa)
-        fooled = logits.argmax(1) != y[idx]
+        idx, xa, logits, fooled = state
         first_flip[idx[fooled]] = t
         active[idx[fooled]] = False
         if t == steps or fooled.all():

@@ -3,7 +3,9 @@
 CIFAR-10 is decoded once into a cached tensor file; afterwards loading it takes well under
 a second. Where it comes from is one setting, ``$ADVBOOK_DATA`` (or ``source=``):
 
-* unset: torchvision downloads the real CIFAR-10 into the cache (needs internet);
+* unset: the offline copy ``../shared/data/cifar10-jpeg.tar.gz`` beside the repository if it
+  exists (this project's machines and CI), else torchvision downloads the real CIFAR-10 into the
+  cache (needs internet);
 * a folder holding torchvision's ``cifar-10-batches-py`` (the real data, offline);
 * an ImageFolder tree ``train/<class>/*`` and ``test/<class>/*``, or a ``.tar.gz`` of one,
   such as the JPEG-75 re-encoding shipped beside this repo (labelled ``cifar10-jpeg75``).
@@ -161,12 +163,21 @@ def _resolve_source(source: str | os.PathLike | None) -> tuple[str, str, Path | 
         "with train/ and test/ sub-folders")
 
 
+def default_source() -> str | None:
+    """``$ADVBOOK_DATA``, else the shared offline copy beside the repository, else None (download)."""
+    if os.environ.get("ADVBOOK_DATA"):
+        return os.environ["ADVBOOK_DATA"]
+    beside = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+    return str(beside) if beside.exists() else None
+
+
 def load_cifar10(*, source: str | os.PathLike | None = None) -> Dataset:
-    """CIFAR-10 as uint8 tensors, decoded once and cached; ``source`` defaults to ``$ADVBOOK_DATA``."""
+    """CIFAR-10 as uint8 tensors, decoded once and cached; ``source`` defaults to :func:`default_source`."""
     if source is None:
-        source = os.environ.get("ADVBOOK_DATA") or None
+        source = default_source()
     kind, name, path = _resolve_source(source)
-    key = cache.stable_hash({"kind": kind, "name": name, "path": str(path), "v": _DECODER_VERSION})
+    stamp = (path.stat().st_size, path.stat().st_mtime_ns) if path is not None else None
+    key = cache.stable_hash({"kind": kind, "name": name, "path": str(path), "stamp": stamp, "v": _DECODER_VERSION})
     cached = cache.cache_dir("data") / f"{name}-{key}.pt"
     state = None
     if cached.exists():
