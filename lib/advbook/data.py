@@ -208,7 +208,7 @@ def load_cifar10(*, source: str | os.PathLike | None = None) -> Dataset:
 
 
 def synthetic(*, n_train: int = 200, n_test: int = 100, num_classes: int = 10, size: int = 8,
-              seed: int = 0) -> Dataset:
+              noise: float = 0.15, seed: int = 0) -> Dataset:
     """A tiny learnable dataset for unit tests: one smooth colour pattern per class plus noise."""
     g = torch.Generator().manual_seed(seed)
     prototypes = torch.rand(num_classes, 3, size, size, generator=g)
@@ -216,11 +216,11 @@ def synthetic(*, n_train: int = 200, n_test: int = 100, num_classes: int = 10, s
 
     def make(n: int) -> Split:
         labels = torch.arange(n) % num_classes
-        x = prototypes[labels] + 0.15 * torch.randn(n, 3, size, size, generator=g)
+        x = prototypes[labels] + noise * torch.randn(n, 3, size, size, generator=g)
         return Split((x.clamp(0, 1) * 255).round().to(torch.uint8), labels)
 
     train, test = make(n_train), make(n_test)
-    return Dataset(name=f"synthetic-{num_classes}c-{size}px-s{seed}", source="generated",
+    return Dataset(name=f"synthetic-{num_classes}c-{size}px-n{noise:g}-s{seed}", source="generated",
                    checksum=_checksum(train.images, train.labels, test.images, test.labels),
                    classes=tuple(f"class{i}" for i in range(num_classes)),
                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), train=train, test=test)

@@ -20,12 +20,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import cache
+from .attacks import pgd
 from .data import Dataset, to_float
 from .models import Classifier, build_model
 
-__all__ = ["TrainConfig", "TrainedModel", "train_model", "augment", "predict", "model_key"]
+__all__ = ["TrainConfig", "TrainedModel", "train_model", "augment", "predict", "model_key", "OBJECTIVES"]
 
-TRAIN_CODE_VERSION = 1  # bump when the loop changes in a way that changes the weights
+TRAIN_CODE_VERSION = 2  # bump when the loop changes in a way that changes the weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +38,11 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup: float = 0.15       # fraction of the steps spent rising to the peak
     augment: bool = True       # random crop (pad 4) and horizontal flip
+    objective: str = "standard"  # a key of OBJECTIVES
+    at_norm: str = "linf"      # PGD-AT threat model (Madry et al.): used by objective "pgd_at" only
+    at_eps: float = 8 / 255
+    at_step_size: float = 2 / 255
+    at_steps: int = 10
 
 
 @dataclasses.dataclass
@@ -66,6 +72,27 @@ def augment(x: torch.Tensor, *, generator: torch.Generator, pad: int = 4) -> tor
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
+def _standard(model, x, y, cfg: TrainConfig, seed: int):
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+def _pgd_at(model, x, y, cfg: TrainConfig, seed: int):
+    """PGD adversarial training (Madry et al., 2018): cross-entropy on PGD examples with a random
+    start. The examples are generated with the model in eval mode (as the TRADES reference code
+    does), so the attack's forward passes do not update the batch-norm statistics."""
+    model.eval()
+    x_adv = pgd(model, x, y, norm=cfg.at_norm, eps=cfg.at_eps, step_size=cfg.at_step_size, steps=cfg.at_steps,
+                random_start=True, stop_on_success=False, seed=seed).x_adv
+    model.train()
+    logits = model(x_adv.contiguous(memory_format=torch.channels_last))
+    return F.cross_entropy(logits, y), logits
+
+
+# objective name -> (model, x, y, cfg, seed) -> (loss, logits); the training loop is shared
+OBJECTIVES: dict[str, Callable] = {"standard": _standard, "pgd_at": _pgd_at}
+
+
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     peak = max(1, int(cfg.warmup * total))
     if step < peak:
@@ -91,7 +118,7 @@ def model_key(*, model_name: str, dataset: Dataset, train_index: torch.Tensor | 
                   if train_index is not None else "all")
     return cache.stable_hash({"model": model_name, "data": dataset.name, "data_sha256": dataset.checksum,
                               "index": index_hash, "cfg": dataclasses.asdict(cfg), "seed": seed,
-                              "objective": "standard", "version": TRAIN_CODE_VERSION})
+                              "version": TRAIN_CODE_VERSION})
 
 
 def _load_final(final: Path, model: Classifier, meta_path: Path) -> dict | None:
@@ -111,6 +138,8 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
     """Train (or load from the cache) ``model_name`` on ``dataset.train[train_index]``."""
     if cfg.epochs < 1 or cfg.batch_size < 1 or not cfg.lr > 0:
         raise ValueError(f"epochs, batch_size and lr must be positive, got {cfg}")
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {cfg.objective!r}; valid: {', '.join(OBJECTIVES)}")
     device = torch.device(device)
     key = model_key(model_name=model_name, dataset=dataset, train_index=train_index, cfg=cfg, seed=seed)
     folder = cache.cache_dir("models") / f"{model_name}-{key}"
@@ -157,8 +186,8 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
             yb = split.labels[idx].to(device)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(epoch * steps_per_epoch + b, total, cfg)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
+            batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+            loss, logits = OBJECTIVES[cfg.objective](model, xb, yb, cfg, batch_seed)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,91 @@
+"""Trust scores and flagging (HOL §7–8).
+
+* normalised DDB, Eq. 1: ``(d - min) / (max - min)`` — high is far from the boundary;
+* reversed normalised flipping frequency, Eq. 2: ``1 - (F - min) / (max - min)`` — high is
+  reliance on low frequencies;
+* trust score T, Eq. 3: their harmonic mean, ``2 d F / (d + F + eps)`` with ``eps = 1e-5``;
+* two-cluster K-means on a score; the cluster with the higher centroid is "trust", the
+  other is flagged for a human;
+* flagging accuracy, Eq. 4: the percentage of flagged samples that the model got wrong.
+
+The paper does not say which samples fix the min/max and the clusters. Every function takes
+an optional ``reference`` (a calibration split): min/max and centroids are fitted on it and
+applied to the evaluated samples, whose normalised values are then clipped to [0, 1]. Without
+it, the evaluated samples are their own reference (the transductive reading).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["normalised", "normalised_ddb", "reversed_normalised_ff", "trust_score", "kmeans_flags",
+           "flagging_accuracy", "flagging_report"]
+
+
+def _arr(v) -> np.ndarray:
+    return np.asarray(v, dtype=float).ravel()
+
+
+def normalised(values, *, reference=None) -> np.ndarray:
+    """Min-max scaling with the min and max of ``reference`` (default: ``values``), clipped to [0, 1]."""
+    values = _arr(values)
+    ref = values if reference is None else _arr(reference)
+    if ref.size == 0:
+        raise ValueError("cannot normalise against an empty reference")
+    lo, hi = ref.min(), ref.max()
+    if hi == lo:
+        return np.zeros_like(values)
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+
+
+def normalised_ddb(ddb, *, reference=None) -> np.ndarray:
+    """Eq. 1."""
+    return normalised(ddb, reference=reference)
+
+
+def reversed_normalised_ff(ff, *, reference=None) -> np.ndarray:
+    """Eq. 2."""
+    return 1.0 - normalised(ff, reference=reference)
+
+
+def trust_score(d_hat, f_hat, *, eps: float = 1e-5) -> np.ndarray:
+    """Eq. 3: the harmonic mean of normalised DDB and reversed normalised flipping frequency."""
+    d_hat, f_hat = _arr(d_hat), _arr(f_hat)
+    if d_hat.shape != f_hat.shape:
+        raise ValueError(f"d_hat and f_hat must have the same length, got {d_hat.shape} and {f_hat.shape}")
+    return 2 * d_hat * f_hat / (d_hat + f_hat + eps)
+
+
+def kmeans_flags(scores, *, reference=None, seed: int = 0) -> np.ndarray:
+    """Two-cluster K-means on a 1-D score; True where a sample falls in the low ("non-trust") cluster."""
+    from sklearn.cluster import KMeans
+
+    scores = _arr(scores)
+    ref = scores if reference is None else _arr(reference)
+    if np.unique(ref).size < 2:
+        return np.zeros(scores.shape, dtype=bool)  # nothing to separate: flag nothing
+    km = KMeans(n_clusters=2, n_init=10, random_state=seed).fit(ref[:, None])
+    trust = int(np.argmax(km.cluster_centers_.ravel()))
+    return km.predict(scores[:, None]) != trust
+
+
+def flagging_accuracy(flagged, wrong) -> float:
+    """Eq. 4: percentage of flagged samples that are wrong predictions (NaN if none is flagged)."""
+    flagged, wrong = np.asarray(flagged, bool), np.asarray(wrong, bool)
+    return float(100.0 * wrong[flagged].mean()) if flagged.any() else float("nan")
+
+
+def flagging_report(scores, wrong, *, flagged=None, reference=None, seed: int = 0) -> dict:
+    """Flagging accuracy plus what the paper does not report: recall of wrong predictions,
+    the share flagged, and the AUROC of the score for predicting a wrong prediction (low score
+    = more likely wrong), which does not depend on one K-means split."""
+    from sklearn.metrics import roc_auc_score
+
+    scores, wrong = _arr(scores), np.asarray(wrong, bool)
+    if flagged is None:
+        flagged = kmeans_flags(scores, reference=reference, seed=seed)
+    flagged = np.asarray(flagged, bool)
+    auroc = float(roc_auc_score(wrong, -scores)) if 0 < wrong.sum() < len(wrong) else float("nan")
+    return {"flagging_accuracy": flagging_accuracy(flagged, wrong),
+            "recall": float(100.0 * flagged[wrong].mean()) if wrong.any() else float("nan"),
+            "flagged_share": float(100.0 * flagged.mean()), "n_flagged": int(flagged.sum()),
+            "n": int(len(scores)), "auroc": auroc}

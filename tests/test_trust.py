@@ -1,0 +1,45 @@
+"""Trust scores (HOL Eq. 1–4) on hand-computed cases, and K-means flagging."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from advbook import trust
+
+
+def test_eq1_and_eq2_on_hand_values():
+    np.testing.assert_allclose(trust.normalised_ddb([1.0, 2.0, 3.0]), [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(trust.reversed_normalised_ff([0, 8, 32]), [1.0, 0.75, 0.0])
+
+
+def test_calibration_reference_fixes_min_max_and_clips():
+    out = trust.normalised_ddb([0.5, 1.5, 4.0], reference=[1.0, 3.0])
+    np.testing.assert_allclose(out, [0.0, 0.25, 1.0])
+    np.testing.assert_allclose(trust.normalised([2.0, 2.0]), [0.0, 0.0])  # constant: no spread
+
+
+def test_eq3_harmonic_mean_with_eps():
+    t = trust.trust_score([0.5, 1.0, 0.0], [0.5, 0.25, 1.0])
+    np.testing.assert_allclose(t, [2 * 0.25 / (1 + 1e-5), 2 * 0.25 / (1.25 + 1e-5), 0.0])
+    with pytest.raises(ValueError, match="same length"):
+        trust.trust_score([0.1], [0.1, 0.2])
+
+
+def test_kmeans_flags_the_low_cluster():
+    scores = np.array([0.05, 0.1, 0.08, 0.9, 0.95, 0.85, 0.92])
+    flags = trust.kmeans_flags(scores, seed=0)
+    assert flags.tolist() == [True, True, True, False, False, False, False]
+    # fitted on a reference, applied to new samples
+    assert trust.kmeans_flags([0.0, 1.0], reference=scores).tolist() == [True, False]
+    assert not trust.kmeans_flags([0.3, 0.3, 0.3]).any()
+
+
+def test_eq4_flagging_accuracy_and_report():
+    flagged = np.array([True, True, True, False, False])
+    wrong = np.array([True, True, False, True, False])
+    assert trust.flagging_accuracy(flagged, wrong) == pytest.approx(200 / 3)
+    assert np.isnan(trust.flagging_accuracy(np.zeros(5, bool), wrong))
+    rep = trust.flagging_report([0.1, 0.2, 0.3, 0.8, 0.9], wrong, flagged=flagged)
+    assert rep["recall"] == pytest.approx(200 / 3) and rep["n_flagged"] == 3 and rep["flagged_share"] == 60
+    # wrong samples score 0.1, 0.2, 0.8, right ones 0.3, 0.9: 5 of the 6 (wrong, right) pairs rank the wrong one lower
+    assert rep["auroc"] == pytest.approx(5 / 6)
