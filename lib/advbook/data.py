@@ -29,7 +29,7 @@ from . import cache
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "Split", "Dataset", "DatasetUnavailable",
-    "load_cifar10", "load_dataset", "balanced_subset", "synthetic", "to_float", "DATASETS",
+    "load_cifar10", "load_dataset", "balanced_subset", "synthetic", "to_float", "tensor_checksum", "DATASETS",
 ]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -86,7 +86,8 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
-def _checksum(*tensors: torch.Tensor) -> str:
+def tensor_checksum(*tensors: torch.Tensor) -> str:
+    """sha256 of the tensors' bytes, in order: the identity of generated data."""
     h = hashlib.sha256()
     for t in tensors:
         h.update(t.contiguous().numpy().tobytes())
@@ -203,7 +204,7 @@ def load_cifar10(*, source: str | os.PathLike | None = None) -> Dataset:
     train = Split(state["train_images"], state["train_labels"])
     test = Split(state["test_images"], state["test_labels"])
     return Dataset(name=name, source=str(path) if path else "torchvision download",
-                   checksum=_checksum(train.images, train.labels, test.images, test.labels),
+                   checksum=tensor_checksum(train.images, train.labels, test.images, test.labels),
                    classes=CIFAR10_CLASSES, mean=CIFAR10_MEAN, std=CIFAR10_STD, train=train, test=test)
 
 
@@ -221,7 +222,7 @@ def synthetic(*, n_train: int = 200, n_test: int = 100, num_classes: int = 10, s
 
     train, test = make(n_train), make(n_test)
     return Dataset(name=f"synthetic-{num_classes}c-{size}px-n{noise:g}-s{seed}", source="generated",
-                   checksum=_checksum(train.images, train.labels, test.images, test.labels),
+                   checksum=tensor_checksum(train.images, train.labels, test.images, test.labels),
                    classes=tuple(f"class{i}" for i in range(num_classes)),
                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), train=train, test=test)
 

@@ -118,6 +118,20 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "attack_batch_size": Param(int, "images per attack batch", 1, 10000),
         "ddb_bins": Param(int, "DDB quantile bins for the spread of steps", 2, 100),
     },
+    "hol_toy": {
+        "seed": _COMMON["seed"], "device": _COMMON["device"],
+        "n_train": Param(int, "training points of the two moons", 20, 100000),
+        "n_test": Param(int, "test points attacked", 10, 10000),
+        "noise": Param(float, "Gaussian noise of the moons", 0.0, 1.0),
+        "hidden": Param(int, "hidden units per layer of the MLP", 2, 4096),
+        "epochs": Param(int, "full-batch Adam steps", 1, 100000),
+        "lr": Param(float, "Adam learning rate", 1e-6, 1.0),
+        "pgd_norm": Param(str, "PGD threat model", choices=tuple(THREATS)),
+        "step_size": Param(float, "PGD step size", 1e-6, 1.0),
+        "pgd_steps": Param(int, "PGD iterations at most", 1, 10000),
+        "rel_tol": Param(float, "relative DDB difference that counts as 'about the same'", 0.0, 1.0),
+        "grid_resolution": Param(int, "grid points per side for the exact distance", 20, 2000),
+    },
 }
 
 
@@ -208,7 +222,8 @@ class Run:
         return self.params["seed"]
 
     def use_dataset(self, dataset) -> None:
-        self.dataset = dataset.identity()
+        """Record the data's identity: a ``data.Dataset``, or a dict describing generated data."""
+        self.dataset = dict(dataset) if isinstance(dataset, dict) else dataset.identity()
 
     def use_model(self, trained) -> None:
         self.checkpoints.append(trained.provenance())

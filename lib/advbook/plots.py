@@ -7,7 +7,7 @@ from matplotlib.patches import Rectangle
 
 from .report import new_figure
 
-__all__ = ["ddb_vs_steps"]
+__all__ = ["ddb_vs_steps", "attack_paths"]
 
 _ATTACK_LABELS = {"pgd": "PGD", "deepfool": "DeepFool"}
 
@@ -41,6 +41,48 @@ def ddb_vs_steps(samples: pd.DataFrame, *, attacks: list[str], boxes: dict[str, 
         ax.set_title(_ATTACK_LABELS.get(attack, attack))
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def attack_paths(*, grid: tuple, train_x, train_y, pair_x, paths, steps, ddb, all_ddb, all_steps,
+                 title: str = ""):
+    """HOL Fig. 3 on a 2-D toy: two points at about the same distance from the boundary and
+    their attack paths (left), and distance against steps for every test point (right).
+
+    ``grid`` is ``toy.decision_grid``'s ``(xx, yy, p1)``; ``paths`` is ``(T + 1, 2, 2)``;
+    ``steps`` and ``ddb`` belong to the two points.
+    """
+    from matplotlib.patches import Circle
+
+    xx, yy, p1 = grid
+    fig = new_figure(width=11, height=4.8)
+    ax, ax2 = fig.subplots(1, 2, width_ratios=[1.1, 1])
+    ax.contourf(xx, yy, p1, levels=[0, 0.5, 1], colors=["#dbe9f6", "#fde2cf"], alpha=0.9)
+    ax.contour(xx, yy, p1, levels=[0.5], colors="black", linewidths=1.2)
+    ax.scatter(train_x[:, 0], train_x[:, 1], c=train_y, cmap="coolwarm", s=6, alpha=0.35,
+               edgecolors="none")
+    colours = ["tab:green", "tab:purple"]
+    for k in range(2):
+        path = np.asarray(paths[:, k])
+        ax.plot(path[:, 0], path[:, 1], "-o", color=colours[k], markersize=2.5, linewidth=1.2,
+                label=f"DDB {ddb[k]:.3f}: {int(steps[k])} steps")
+        ax.add_patch(Circle(pair_x[k], ddb[k], fill=False, linestyle="--", color=colours[k], linewidth=1))
+        ax.plot(*pair_x[k], marker="*", markersize=12, color=colours[k], markeredgecolor="black")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_title("same distance, different paths (dashed: distance to the boundary)", fontsize=9)
+    ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
+    ax2.scatter(all_steps, all_ddb, s=8, alpha=0.5, color="tab:blue", edgecolors="none", label="test points")
+    for k in range(2):
+        ax2.plot(steps[k], ddb[k], marker="*", markersize=14, color=colours[k], markeredgecolor="black",
+                 linestyle="none")
+    ax2.set_xlabel("PGD steps to change the prediction")
+    ax2.set_ylabel("distance to the decision boundary (exact, grid)")
+    ax2.grid(alpha=0.3)
+    ax2.legend(loc="lower right", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
