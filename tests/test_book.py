@@ -82,6 +82,12 @@ def test_every_artifact_has_its_files_and_is_shown_in_the_html(built_book):
                 img = figure.find("img")
                 assert img is not None, f"{artifact_id}: the figure is not rendered as an image"
                 assert (built_book / "_build" / "html" / "book" / "executed" / img["src"]).resolve().exists()
+            else:  # a table: a labelled section of the page that holds an HTML table
+                label = soup.find(id=artifact_id.lower())
+                assert label is not None, f"{artifact_id}: no element labelled {artifact_id.lower()}"
+                # MyST renders a label as an empty anchor at the top of the section it names
+                section = label if label.name == "section" else label.find_parent("section")
+                assert section.find("table") is not None, f"{artifact_id}: no table under its label"
             found += 1
     assert found >= 1
 

@@ -74,3 +74,10 @@ def test_frequency_measures_do_not_depend_on_the_chunking(tiny_model, test_batch
     a = frequency.flipping_frequency(tiny_model, x[:20], batch_size=9)
     b = frequency.flipping_frequency(tiny_model, x[:20], batch_size=1000)
     assert torch.equal(a, b) and ((a >= 0) & (a <= 8)).all()
+
+
+def test_band_accuracy_per_level_and_class():
+    preds = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 0]])
+    labels = torch.tensor([0, 1, 1, 0])
+    acc = frequency.band_accuracy(preds, labels, num_classes=3)
+    torch.testing.assert_close(acc, torch.tensor([[0.5, 0.5, 0.0], [1.0, 1.0, 0.0]]))

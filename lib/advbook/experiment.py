@@ -118,6 +118,18 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "attack_batch_size": Param(int, "images per attack batch", 1, 10000),
         "ddb_bins": Param(int, "DDB quantile bins for the spread of steps", 2, 100),
     },
+    "hol_freq": {
+        **_COMMON, **_TRAIN,
+        "at_eps": Param(float, "PGD-AT budget (L-inf)", 1e-6, 1.0),
+        "at_step_size": Param(float, "PGD-AT step size", 1e-6, 1.0),
+        "at_steps": Param(int, "PGD-AT iterations", 1, 100),
+        "n_samples": Param(int, "test images evaluated, balanced over classes", 10, 10000),
+        "pgd_eps": Param(float, "evaluation PGD budget (L-inf)", 1e-6, 1.0),
+        "pgd_step_size": Param(float, "evaluation PGD step size", 1e-6, 1.0),
+        "pgd_steps": Param(int, "evaluation PGD iterations", 1, 10000),
+        "batch_size_eval": Param(int, "images per forward pass in evaluation", 1, 100000),
+        "example_index": Param(int, "test image drawn in HOL-F5", 0, 9999),
+    },
     "hol_toy": {
         "seed": _COMMON["seed"], "device": _COMMON["device"],
         "n_train": Param(int, "training points of the two moons", 20, 100000),

@@ -20,7 +20,7 @@ import torch
 from .train import predict
 
 __all__ = ["dct_matrix", "dct2", "idct2", "band_index", "band_masks", "low_pass", "high_pass",
-           "filtered_stack", "flipping_frequency", "band_requirement"]
+           "filtered_stack", "band_predictions", "flipping_frequency", "band_requirement", "band_accuracy"]
 
 
 @functools.lru_cache(maxsize=16)
@@ -89,7 +89,7 @@ def filtered_stack(x: torch.Tensor, *, high: bool) -> torch.Tensor:
     return idct2(dct2(x)[None] * masks[:, None, None])
 
 
-def _band_predictions(model, x: torch.Tensor, *, high: bool, batch_size: int) -> torch.Tensor:
+def band_predictions(model, x: torch.Tensor, *, high: bool, batch_size: int) -> torch.Tensor:
     """``(k_max + 1, N)`` predictions for every filtered version of ``x``, ``batch_size`` images a pass."""
     n_bands = max(x.shape[-2:]) + 1
     per_chunk = max(1, batch_size // n_bands)  # samples whose n_bands copies fill one batch
@@ -108,7 +108,7 @@ def flipping_frequency(model, x: torch.Tensor, *, batch_size: int = 1024) -> tor
     the prediction never changes): the highest band the prediction depends on. High ``F``
     means reliance on high frequencies.
     """
-    preds = _band_predictions(model, x, high=False, batch_size=batch_size)
+    preds = band_predictions(model, x, high=False, batch_size=batch_size)
     changed = preds[:-1] != preds[-1][None]  # rows k = 0 .. k_max - 1 against the full image
     ks = torch.arange(changed.shape[0])[:, None].expand_as(changed)
     return torch.where(changed, ks + 1, torch.zeros_like(ks)).amax(dim=0)
@@ -121,7 +121,16 @@ def band_requirement(model, x: torch.Tensor, *, batch_size: int = 1024) -> torch
     is ``x``, so ``R >= 0``): the high bands ``R .. k_max - 1`` alone already give the original
     prediction. High ``R`` means the prediction needs only high frequencies.
     """
-    preds = _band_predictions(model, x, high=True, batch_size=batch_size)
+    preds = band_predictions(model, x, high=True, batch_size=batch_size)
     same = preds == preds[0][None]  # row 0 is the full image
     ks = torch.arange(same.shape[0])[:, None].expand_as(same)
     return torch.where(same, ks, torch.zeros_like(ks)).amax(dim=0)
+
+
+def band_accuracy(preds: torch.Tensor, labels: torch.Tensor, *, num_classes: int) -> torch.Tensor:
+    """``(k_max + 1, num_classes)`` accuracy per filter level and class, from ``band_predictions``."""
+    correct = (preds == labels[None]).float()
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).float()
+    out = torch.zeros(preds.shape[0], num_classes)
+    out.index_add_(1, labels, correct)
+    return out / counts

@@ -7,7 +7,7 @@ from matplotlib.patches import Rectangle
 
 from .report import new_figure
 
-__all__ = ["ddb_vs_steps", "attack_paths"]
+__all__ = ["ddb_vs_steps", "attack_paths", "dct_pipeline", "band_accuracy_curves"]
 
 _ATTACK_LABELS = {"pgd": "PGD", "deepfool": "DeepFool"}
 
@@ -85,4 +85,58 @@ def attack_paths(*, grid: tuple, train_x, train_y, pair_x, paths, steps, ddb, al
     ax2.legend(loc="lower right", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def dct_pipeline(image, *, bands: list[int], title: str = ""):
+    """HOL Fig. 5 (top): an image, its DCT (log magnitude), a band mask, and low-pass
+    reconstructions keeping the bands below each ``k`` in ``bands``. ``image`` is (C, H, W) in [0, 1]."""
+    import torch
+
+    from . import frequency
+
+    x = torch.as_tensor(image, dtype=torch.float64)[None]
+    spec = frequency.dct2(x)[0]
+    h, w = x.shape[-2:]
+    fig = new_figure(width=2.0 * (3 + len(bands)), height=2.6)
+    axes = fig.subplots(1, 3 + len(bands))
+    axes[0].imshow(x[0].permute(1, 2, 0).clamp(0, 1).numpy())
+    axes[0].set_title("image", fontsize=9)
+    axes[1].imshow(np.log10(spec.abs().mean(0).numpy() + 1e-4), cmap="magma")
+    axes[1].set_title("DCT, log |coef.|", fontsize=9)
+    mask = frequency.band_masks(h, w, high=False, like=x)[bands[len(bands) // 2]]
+    axes[2].imshow(mask.numpy(), cmap="gray", vmin=0, vmax=1)
+    axes[2].set_title(f"mask: bands < {bands[len(bands) // 2]}", fontsize=9)
+    for ax, k in zip(axes[3:], bands):
+        ax.imshow(frequency.low_pass(x, k)[0].permute(1, 2, 0).clamp(0, 1).numpy())
+        ax.set_title(f"IDCT, bands < {k}", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def band_accuracy_curves(acc, *, classes, highlight: dict[int, str], title: str = ""):
+    """HOL Fig. 4: accuracy (%) on high-pass inputs per class as bands are added from k_max down to 0.
+
+    ``acc`` is ``(k_max + 1, n_classes)`` with row ``k`` = inputs keeping the bands ``>= k``;
+    ``highlight`` maps class indices to a label drawn in bold (least / most vulnerable).
+    """
+    acc = np.asarray(acc) * 100
+    k = np.arange(acc.shape[0])
+    fig = new_figure(width=7.5, height=4.2)
+    ax = fig.subplots()
+    for c, name in enumerate(classes):
+        bold = c in highlight
+        ax.plot(k, acc[:, c], linewidth=2.6 if bold else 1.0, alpha=1 if bold else 0.55,
+                label=f"{name} ({highlight[c]})" if bold else name)
+    ax.invert_xaxis()
+    ax.set_xlabel("lowest band kept, k  (inputs keep bands k … k_max − 1; bands are added from left to right)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    if title:
+        ax.set_title(title, fontsize=10)
     return fig
