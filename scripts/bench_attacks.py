@@ -44,10 +44,7 @@ def main() -> None:
     P = experiment.resolve("hol_ddb", profile=args.profile)
     device = experiment.pick_device(P["device"])
     ds = data.load_dataset(P["dataset"])
-    index = data.balanced_subset(ds.train.labels, n_per_class=P["train_per_class"], seed=P["seed"])
-    model = train.train_model(model_name=P["model"], dataset=ds, train_index=index, seed=P["seed"], device=device,
-                              cfg=train.TrainConfig(epochs=P["epochs"], batch_size=P["batch_size"], lr=P["lr"],
-                                                    weight_decay=P["weight_decay"])).model
+    model = train.trained_for(P, ds, device=device).model
     test = data.balanced_subset(ds.test.labels, n_per_class=args.n // len(ds.classes), seed=1)
     x = data.to_float(ds.test.images[test]).to(device)
     y = ds.test.labels[test].to(device)

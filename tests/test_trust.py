@@ -43,3 +43,28 @@ def test_eq4_flagging_accuracy_and_report():
     assert rep["recall"] == pytest.approx(200 / 3) and rep["n_flagged"] == 3 and rep["flagged_share"] == 60
     # wrong samples score 0.1, 0.2, 0.8, right ones 0.3, 0.9: 5 of the 6 (wrong, right) pairs rank the wrong one lower
     assert rep["auroc"] == pytest.approx(5 / 6)
+
+
+def test_score_frame_uses_the_reference_rows_for_min_max():
+    ddb = {"pgd": [1.0, 2.0, 3.0, 10.0]}
+    ff = [0, 16, 32, 8]
+    ref = np.array([True, True, True, False])
+    frame = trust.score_frame(ddb=ddb, ff=ff, reference=ref)
+    assert list(frame.columns) == ["f_hat", "d_hat_pgd", "T_pgd"]
+    np.testing.assert_allclose(frame["d_hat_pgd"], [0.0, 0.5, 1.0, 1.0])  # 10 clipped to the reference max
+    np.testing.assert_allclose(frame["f_hat"], [1.0, 0.5, 0.0, 0.75])
+    np.testing.assert_allclose(frame["T_pgd"], trust.trust_score(frame["d_hat_pgd"], frame["f_hat"]))
+
+
+def test_flagging_rows_one_per_score_with_protocol_masks():
+    import pandas as pd
+
+    scores = pd.DataFrame({"a": [0.0, 0.1, 0.9, 1.0, 0.05, 0.95], "b": [1.0, 0.9, 0.1, 0.0, 0.95, 0.05]})
+    wrong = np.array([True, True, False, False, True, False])
+    rows = trust.flagging_rows(scores, wrong)
+    assert [r["score"] for r in rows] == ["a", "b"]
+    assert rows[0]["flagging_accuracy"] == 100.0 and rows[0]["auroc"] == 1.0
+    assert rows[1]["flagging_accuracy"] == 0.0 and rows[1]["auroc"] == 0.0
+    half = np.array([True, True, True, True, False, False])
+    rows = trust.flagging_rows(scores, wrong, reference=half, evaluate=~half)
+    assert rows[0]["n"] == 2 and rows[0]["n_flagged"] == 1

@@ -70,7 +70,9 @@ def execute(experiment: str, *, profile: str, overrides: dict, log_output: bool 
 
 
 def _cmd_run(args) -> int:
-    names = list(SCHEMAS) if args.experiment == "all" else [args.experiment]
+    profiles = load_profiles()
+    names = (sorted(SCHEMAS, key=lambda name: profiles[name]["notebook"])  # in book order
+             if args.experiment == "all" else [args.experiment])
     if args.experiment != "all" and args.experiment not in SCHEMAS:
         raise ParameterError(f"unknown experiment {args.experiment!r}; valid: all, {', '.join(SCHEMAS)}")
     if args.set and args.experiment == "all":

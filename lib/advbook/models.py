@@ -4,7 +4,8 @@ Every model takes images in [0, 1] and normalises them itself, so attacks never 
 know the dataset statistics. ``model.features(x)`` returns the penultimate activations,
 ``model.head`` maps them to logits. The paper architectures follow the common CIFAR
 variants (3x3 stem, no initial max-pool); ``small_cnn`` and ``tiny_cnn`` stand in for
-them in the ``cpu`` and ``smoke`` profiles.
+them in the ``cpu`` and ``smoke`` profiles, and ``vgg11_small`` (VGG-11 at an eighth of its
+width) stands in for VGG-11.
 """
 from __future__ import annotations
 
@@ -123,16 +124,16 @@ def _wide_resnet(depth: int = 34, widen: int = 10) -> tuple[nn.Module, int]:
     return body, w[3]
 
 
-def _vgg11_bn() -> tuple[nn.Module, int]:
+def _vgg11_bn(divisor: int = 1) -> tuple[nn.Module, int]:
     cfg = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
     layers, cin = [], 3
     for v in cfg:
         if v == "M":
             layers.append(nn.MaxPool2d(2))
         else:
-            layers.append(_conv_bn(cin, v))
-            cin = v
-    return nn.Sequential(*layers, nn.Flatten()), 512
+            layers.append(_conv_bn(cin, v // divisor))
+            cin = v // divisor
+    return nn.Sequential(*layers, nn.Flatten()), 512 // divisor
 
 
 class _InvertedResidual(nn.Module):
@@ -170,6 +171,7 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, int]]] = {
     "resnet18": _resnet18,
     "preact_resnet18": _preact_resnet18,
     "vgg11_bn": _vgg11_bn,
+    "vgg11_small": lambda: _vgg11_bn(divisor=8),  # VGG-11's layout at 1/8 width: the cpu stand-in for VGG-11
     "mobilenet_v2": _mobilenet_v2,
     "wrn34_10": _wide_resnet,
 }

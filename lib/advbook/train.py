@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from . import cache
 from .attacks import pgd
-from .data import Dataset, to_float
+from .data import Dataset, balanced_subset, to_float
 from .models import Classifier, build_model
 
-__all__ = ["TrainConfig", "TrainedModel", "train_model", "augment", "predict", "model_key", "OBJECTIVES"]
+__all__ = ["TrainConfig", "TrainedModel", "train_model", "trained_for", "augment", "predict", "model_key", "OBJECTIVES"]
 
 TRAIN_CODE_VERSION = 2  # bump when the loop changes in a way that changes the weights
 
@@ -212,3 +212,20 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
     last.unlink(missing_ok=True)
     last.with_name(last.name + ".sha256").unlink(missing_ok=True)
     return TrainedModel(model, key, final, meta, from_cache=False)
+
+
+def trained_for(params: dict, dataset: Dataset, *, device, robust: bool = False,
+                model_name: str | None = None) -> TrainedModel:
+    """The model an experiment's parameters describe, trained or loaded from the cache.
+
+    Reads ``model``, ``train_per_class``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``
+    and ``seed`` (and ``at_eps``, ``at_step_size``, ``at_steps`` when ``robust``), so that two
+    sections with the same settings share one cached model.
+    """
+    cfg = TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
+                      weight_decay=params["weight_decay"],
+                      **(dict(objective="pgd_at", at_eps=params["at_eps"], at_step_size=params["at_step_size"],
+                              at_steps=params["at_steps"]) if robust else {}))
+    index = balanced_subset(dataset.train.labels, n_per_class=params["train_per_class"], seed=params["seed"])
+    return train_model(model_name=model_name or params["model"], dataset=dataset, cfg=cfg, seed=params["seed"],
+                       train_index=index, device=device)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["normalised", "normalised_ddb", "reversed_normalised_ff", "trust_score", "kmeans_flags",
-           "flagging_accuracy", "flagging_report"]
+           "flagging_accuracy", "flagging_report", "score_frame", "flagging_rows"]
 
 
 def _arr(v) -> np.ndarray:
@@ -89,3 +89,37 @@ def flagging_report(scores, wrong, *, flagged=None, reference=None, seed: int = 
             "recall": float(100.0 * flagged[wrong].mean()) if wrong.any() else float("nan"),
             "flagged_share": float(100.0 * flagged.mean()), "n_flagged": int(flagged.sum()),
             "n": int(len(scores)), "auroc": auroc}
+
+
+def score_frame(*, ddb: dict, ff, reference=None) -> "pd.DataFrame":
+    """Per-sample scores for every DDB estimate: ``d_hat_<attack>``, ``f_hat`` and ``T_<attack>``.
+
+    ``ddb`` maps an attack name to per-sample DDB; ``ff`` is the flipping frequency;
+    ``reference`` is a boolean mask of the rows whose min and max fix the normalisation
+    (default: all rows).
+    """
+    import pandas as pd
+
+    ff = _arr(ff)
+    ref = np.ones(len(ff), bool) if reference is None else np.asarray(reference, bool)
+    out = {"f_hat": reversed_normalised_ff(ff, reference=ff[ref])}
+    for name, d in ddb.items():
+        d = _arr(d)
+        out[f"d_hat_{name}"] = normalised_ddb(d, reference=d[ref])
+        out[f"T_{name}"] = trust_score(out[f"d_hat_{name}"], out["f_hat"])
+    return pd.DataFrame(out)
+
+
+def flagging_rows(scores: "pd.DataFrame", wrong, *, evaluate=None, reference=None, seed: int = 0) -> list[dict]:
+    """One :func:`flagging_report` per score column, K-means fitted on ``reference`` rows and
+    applied to ``evaluate`` rows (boolean masks; default: all rows for both)."""
+    wrong = np.asarray(wrong, bool)
+    n = len(wrong)
+    ev = np.ones(n, bool) if evaluate is None else np.asarray(evaluate, bool)
+    ref = np.ones(n, bool) if reference is None else np.asarray(reference, bool)
+    rows = []
+    for column in scores.columns:
+        s = scores[column].to_numpy(float)
+        rep = flagging_report(s[ev], wrong[ev], reference=s[ref], seed=seed)
+        rows.append({"score": column, **rep})
+    return rows
