@@ -81,3 +81,16 @@ def test_band_accuracy_per_level_and_class():
     labels = torch.tensor([0, 1, 1, 0])
     acc = frequency.band_accuracy(preds, labels, num_classes=3)
     torch.testing.assert_close(acc, torch.tensor([[0.5, 0.5, 0.0], [1.0, 1.0, 0.0]]))
+
+
+def test_scanning_measures_equal_their_all_band_definitions(tiny_model, test_batch):
+    x, _, _ = test_batch
+    for high, measure in ((False, frequency.flipping_frequency), (True, frequency.band_requirement)):
+        preds = frequency.band_predictions(tiny_model, x, high=high, batch_size=500)
+        ks = torch.arange(preds.shape[0])[:, None].expand_as(preds)
+        if high:  # R = max{k : pred_k == pred_full}, row 0 is the full image
+            expected = torch.where(preds == preds[0][None], ks, torch.zeros_like(ks)).amax(0)
+        else:  # F = 1 + max{k < k_max : pred_k != pred_full}, the last row is the full image
+            changed = preds[:-1] != preds[-1][None]
+            expected = torch.where(changed, ks[:-1] + 1, torch.zeros_like(ks[:-1])).amax(0)
+        assert torch.equal(measure(tiny_model, x, batch_size=500), expected)

@@ -8,8 +8,10 @@ bands are the L-shaped rings around the top-left corner, ``0 .. k_max - 1`` with
 Reconstructions are not clipped to [0, 1] (a high-pass image is centred on 0); the model
 normalises whatever it is given.
 
-Both per-sample measures evaluate every band in one batched pass: the ``k_max + 1`` filtered
-copies of a batch are stacked and classified together, never one band at a time.
+Both per-sample measures scan the bands from the top down with one batched forward pass per band
+over all samples still unresolved (never one sample and one band at a time), stopping each sample
+at its answer; ``band_predictions`` classifies all ``k_max + 1`` filtered copies at once when every
+band is needed (HOL Fig. 4).
 """
 from __future__ import annotations
 
@@ -101,17 +103,37 @@ def band_predictions(model, x: torch.Tensor, *, high: bool, batch_size: int) -> 
     return torch.cat(preds, dim=1)
 
 
+def _first_from_top(model, x: torch.Tensor, *, high: bool, hit, offset: int, batch_size: int) -> torch.Tensor:
+    """Scan the bands from the top down, one batched pass per band over the samples not yet
+    resolved; a sample is resolved at the first ``k`` where ``hit(pred_k, pred_full)``, and gets
+    ``k + offset`` (0 if it never is)."""
+    device = x.device
+    full = predict(model, x, batch_size=batch_size).argmax(1)
+    spec = dct2(x)
+    masks = band_masks(*x.shape[-2:], high=high, like=x)
+    out = torch.zeros(len(x), dtype=torch.long)
+    active = torch.ones(len(x), dtype=torch.bool)
+    top = masks.shape[0] - 1 if high else masks.shape[0] - 2  # low-pass at k_max is the image itself
+    for k in range(top, -1, -1):
+        idx = active.nonzero().flatten()
+        if len(idx) == 0:
+            break
+        filtered = idct2(spec[idx.to(device)] * masks[k])
+        done = hit(predict(model, filtered, batch_size=batch_size).argmax(1), full[idx])
+        out[idx[done]] = k + offset
+        active[idx[done]] = False
+    return out
+
+
 def flipping_frequency(model, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
     """HOL §3: remove high bands from ``k_max`` down until the prediction changes.
 
     Returns, per sample, ``F = 1 + max{k < k_max : pred(low_pass(x, k)) != pred(x)}`` (0 if
     the prediction never changes): the highest band the prediction depends on. High ``F``
-    means reliance on high frequencies.
+    means reliance on high frequencies. One batched forward pass per band over the samples
+    whose prediction has not changed yet, so most samples cost only a few passes.
     """
-    preds = band_predictions(model, x, high=False, batch_size=batch_size)
-    changed = preds[:-1] != preds[-1][None]  # rows k = 0 .. k_max - 1 against the full image
-    ks = torch.arange(changed.shape[0])[:, None].expand_as(changed)
-    return torch.where(changed, ks + 1, torch.zeros_like(ks)).amax(dim=0)
+    return _first_from_top(model, x, high=False, hit=torch.ne, offset=1, batch_size=batch_size)
 
 
 def band_requirement(model, x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
@@ -121,10 +143,7 @@ def band_requirement(model, x: torch.Tensor, *, batch_size: int = 1024) -> torch
     is ``x``, so ``R >= 0``): the high bands ``R .. k_max - 1`` alone already give the original
     prediction. High ``R`` means the prediction needs only high frequencies.
     """
-    preds = band_predictions(model, x, high=True, batch_size=batch_size)
-    same = preds == preds[0][None]  # row 0 is the full image
-    ks = torch.arange(same.shape[0])[:, None].expand_as(same)
-    return torch.where(same, ks, torch.zeros_like(ks)).amax(dim=0)
+    return _first_from_top(model, x, high=True, hit=torch.eq, offset=0, batch_size=batch_size)
 
 
 def band_accuracy(preds: torch.Tensor, labels: torch.Tensor, *, num_classes: int) -> torch.Tensor:
