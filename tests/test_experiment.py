@@ -75,3 +75,15 @@ def test_cli_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "advbook.cli", "params", "hol_ddb", "--profile", "smoke"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "tiny_cnn" in out.stdout
+
+
+def test_cli_cache_info_and_clear(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ADVBOOK_CACHE", str(tmp_path / "c"))
+    (tmp_path / "c" / "models" / "m").mkdir(parents=True)
+    (tmp_path / "c" / "data").mkdir()
+    assert cli.main(["cache", "info"]) == 0
+    assert "models" in capsys.readouterr().out
+    assert cli.main(["cache", "clear", "--only", "models"]) == 0
+    assert not (tmp_path / "c" / "models").exists() and (tmp_path / "c" / "data").exists()
+    assert cli.main(["cache", "clear"]) == 0
+    assert not (tmp_path / "c").exists()

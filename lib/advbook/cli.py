@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -112,10 +111,7 @@ def _cmd_cache(args) -> int:
         for sub in sorted(p for p in root.iterdir() if p.is_dir()):
             print(f"  {sub.name:<8} {_size(sub) / 2**20:8.1f} MiB  {sum(1 for _ in sub.iterdir())} entries")
         return 0
-    target = root / args.only if args.only else root
-    if target.exists():
-        shutil.rmtree(target)
-    print(f"removed {target}")
+    print(f"removed {cache.clear(args.only)}")
     return 0
 
 
