@@ -68,3 +68,17 @@ def test_flagging_rows_one_per_score_with_protocol_masks():
     half = np.array([True, True, True, True, False, False])
     rows = trust.flagging_rows(scores, wrong, reference=half, evaluate=~half)
     assert rows[0]["n"] == 2 and rows[0]["n_flagged"] == 1
+
+
+def test_score_model_reports_both_protocols_for_every_score(tiny_model, test_batch):
+    x, _, labels = test_batch
+    calibration = np.arange(len(x)) % 2 == 0
+    rows, samples = trust.score_model(tiny_model, x, labels, calibration=calibration, seed=0,
+                                      attacks={"pgd": dict(eps=1.0, step_size=2 / 255, steps=40),
+                                               "deepfool": dict(steps=20)},
+                                      attack_batch_size=32, batch_size_eval=500)
+    assert {(r["protocol"], r["score"]) for r in rows} == {
+        (p, s) for p in ("calibrated", "transductive") for s in ("f_hat", "d_hat_pgd", "T_pgd", "d_hat_deepfool", "T_deepfool")}
+    assert all(r["n"] == (len(x) // 2 if r["protocol"] == "calibrated" else len(x)) for r in rows)
+    assert len(samples) == len(x) and samples["wrong"].tolist() == (samples["label"] != samples["prediction"]).tolist()
+    assert ((samples["T_pgd"] >= 0) & (samples["T_pgd"] <= 1)).all() and (samples["ddb_pgd"] > 0).all()

@@ -95,6 +95,13 @@ _COMMON = {
     "seed": Param(int, "seed for weights, subsets and attacks", 0, 2**31 - 1),
     "device": Param(str, "where to compute", choices=("auto", "cpu", "cuda")),
 }
+_ATTACK = {  # how the sample-level attacks run (HOL §4, §7–8)
+    "step_size": Param(float, "PGD step size", 1e-6, 100.0),
+    "pgd_steps": Param(int, "PGD iterations at most", 1, 10000),
+    "deepfool_steps": Param(int, "DeepFool iterations at most", 1, 10000),
+    "overshoot": Param(float, "DeepFool overshoot", 0.0, 1.0),
+    "attack_batch_size": Param(int, "images per attack batch", 1, 10000),
+}
 _TRAIN = {
     "train_per_class": Param(int, "training images per class", 1, 5000),
     "epochs": Param(int, "training epochs", 1, 1000),
@@ -109,13 +116,9 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "n_samples": Param(int, "test images attacked, balanced over classes", 10, 10000),
         "attacks": Param(list, "attacks that estimate DDB and steps", choices=tuple(ATTACKS)),
         "pgd_norm": Param(str, "PGD threat model", choices=tuple(THREATS)),
+        **_ATTACK,
         "eps": Param(float, "PGD budget (in [0, 1] pixel units)", 1e-6, 100.0),
-        "step_size": Param(float, "PGD step size", 1e-6, 100.0),
-        "pgd_steps": Param(int, "PGD iterations at most", 1, 10000),
         "random_start": Param(bool, "PGD starts at a random point of the ball"),
-        "deepfool_steps": Param(int, "DeepFool iterations at most", 1, 10000),
-        "overshoot": Param(float, "DeepFool overshoot", 0.0, 1.0),
-        "attack_batch_size": Param(int, "images per attack batch", 1, 10000),
         "ddb_bins": Param(int, "DDB quantile bins for the spread of steps", 2, 100),
     },
     "hol_freq": {
@@ -135,12 +138,8 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "vgg_model": Param(str, "architecture standing for VGG-11", choices=tuple(MODELS)),
         "n_samples": Param(int, "test images scored, balanced over classes", 20, 10000),
         "calibration_share": Param(float, "share of them that fixes min/max and the clusters", 0.1, 0.9),
+        **_ATTACK,
         "ddb_eps": Param(float, "PGD budget for DDB (large: it should not bind)", 1e-6, 1.0),
-        "step_size": Param(float, "PGD step size", 1e-6, 1.0),
-        "pgd_steps": Param(int, "PGD iterations at most", 1, 10000),
-        "deepfool_steps": Param(int, "DeepFool iterations at most", 1, 10000),
-        "overshoot": Param(float, "DeepFool overshoot", 0.0, 1.0),
-        "attack_batch_size": Param(int, "images per attack batch", 1, 10000),
         "batch_size_eval": Param(int, "images per forward pass for the flipping frequency", 1, 100000),
     },
     "hol_toy": {

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["normalised", "normalised_ddb", "reversed_normalised_ff", "trust_score", "kmeans_flags",
-           "flagging_accuracy", "flagging_report", "score_frame", "flagging_rows"]
+           "flagging_accuracy", "flagging_report", "score_frame", "flagging_rows", "score_model"]
 
 
 def _arr(v) -> np.ndarray:
@@ -123,3 +123,38 @@ def flagging_rows(scores: "pd.DataFrame", wrong, *, evaluate=None, reference=Non
         rep = flagging_report(s[ev], wrong[ev], reference=s[ref], seed=seed)
         rows.append({"score": column, **rep})
     return rows
+
+
+def score_model(model, x, y, *, attacks: dict, calibration, attack_batch_size: int, batch_size_eval: int,
+                seed: int = 0) -> tuple[list[dict], "pd.DataFrame"]:
+    """Everything HOL Table 2 needs for one model on inputs ``x`` with labels ``y`` (CPU tensor).
+
+    DDB by each attack (name -> keyword arguments) moving away from the model's own prediction,
+    a sample the attack cannot flip getting the largest DDB observed; the flipping frequency;
+    the scores; and the flagging reports under two protocols: ``calibrated`` (min/max and
+    clusters fitted on the ``calibration`` rows, flags judged on the others) and
+    ``transductive`` (fitted and judged on all rows). Returns ``(rows, per_sample)``.
+    """
+    import pandas as pd
+
+    from . import frequency, vulnerability
+    from .train import predict
+
+    calibration = np.asarray(calibration, bool)
+    pred = predict(model, x).argmax(1)
+    wrong = (pred != y).numpy()
+    measured = vulnerability.ddb_and_steps(model, x, pred.to(x.device), attacks=attacks,
+                                           batch_size=attack_batch_size)
+    ddb = {a: measured[f"ddb_{a}"].where(measured[f"success_{a}"], measured[f"ddb_{a}"].max()).to_numpy()
+           for a in attacks}
+    ff = frequency.flipping_frequency(model, x, batch_size=batch_size_eval).numpy()
+    rows = []
+    for protocol, ref, ev in (("calibrated", calibration, ~calibration), ("transductive", None, None)):
+        scores = score_frame(ddb=ddb, ff=ff, reference=ref)
+        rows += [{"protocol": protocol, "clean_acc": 100 * (1 - wrong.mean()), **r}
+                 for r in flagging_rows(scores, wrong, reference=ref, evaluate=ev, seed=seed)]
+    per_sample = pd.concat([pd.DataFrame({
+        "label": y.numpy(), "prediction": pred.numpy(), "wrong": wrong, "calibration": calibration,
+        **{f"ddb_{a}": d for a, d in ddb.items()}, "flipping_frequency": ff}),
+        score_frame(ddb=ddb, ff=ff, reference=calibration)], axis=1)
+    return rows, per_sample
