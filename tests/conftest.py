@@ -25,6 +25,15 @@ def isolated_cache(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """Point the cache at a new folder; call it again with another name for a second fresh one."""
+    def make(name):
+        monkeypatch.setenv("ADVBOOK_CACHE", str(tmp_path / name))
+    make("a")
+    return make
+
+
 @pytest.fixture(scope="session")
 def synth():
     from advbook import data

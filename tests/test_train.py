@@ -18,14 +18,6 @@ def same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    def make(name):
-        monkeypatch.setenv("ADVBOOK_CACHE", str(tmp_path / name))
-    make("a")
-    return make
-
-
 def test_same_seed_gives_identical_weights(synth, fresh_cache):
     a = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=5)
     fresh_cache("b")
@@ -157,5 +149,6 @@ def test_objective_is_part_of_the_key_and_checked(synth):
     base = dict(model_name="tiny_cnn", dataset=synth, train_index=None, seed=0)
     assert train.model_key(**base, cfg=CFG) != train.model_key(
         **base, cfg=train.TrainConfig(epochs=3, batch_size=64, lr=0.05, objective="pgd_at"))
-    with pytest.raises(ValueError, match=r"unknown objective 'trades'; valid: standard, pgd_at"):
-        train.train_model(model_name="tiny_cnn", dataset=synth, seed=0, cfg=train.TrainConfig(objective="trades"))
+    with pytest.raises(ValueError, match=r"unknown objective 'fast_at'; valid: standard, pgd_at, kd, trades, mart, "
+                                         r"gairat, mail_at, vir_at, vir_trades"):
+        train.train_model(model_name="tiny_cnn", dataset=synth, seed=0, cfg=train.TrainConfig(objective="fast_at"))

@@ -24,6 +24,7 @@ import torch
 
 from .attacks import ATTACKS
 from .data import DATASETS
+from .distill import SELECTIONS
 from .models import MODELS
 from .threats import THREATS
 
@@ -39,15 +40,21 @@ class ParameterError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Param:
-    kind: type                      # int, float, str, bool or list (of str choices)
+    kind: type                      # int, float, str, bool or list (of str choices, or of ``item``)
     help: str
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] | None = None
+    item: type | None = None        # for a list of numbers: int or float, each within [low, high]
 
     def check(self, name: str, value: Any) -> Any:
         if isinstance(value, str) and self.kind is not str:
             value = parse_value(value, self.kind)
+        if self.kind is list and self.item is not None:
+            value = list(value) if isinstance(value, (list, tuple)) else [value]
+            if not value:
+                raise ParameterError(f"{name} must list at least one {self.item.__name__}")
+            return [Param(self.item, self.help, self.low, self.high).check(name, v) for v in value]
         if self.kind is list:
             value = [value] if isinstance(value, str) else list(value)
             bad = [v for v in value if v not in self.choices]
@@ -142,6 +149,25 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "ddb_eps": Param(float, "PGD budget for DDB (large: it should not bind)", 1e-6, 1.0),
         "batch_size_eval": Param(int, "images per forward pass for the flipping frequency", 1, 100000),
     },
+    "hol_kd": {
+        **_COMMON, **{k: v for k, v in _TRAIN.items() if k != "train_per_class"},
+        "n_seeds": Param(int, "seeds per student (seed, seed+1, ...): random picks and student weights", 1, 20),
+        "pool_per_class": Param(int, "training images per class the teacher scores and selection picks from",
+                                1, 5000),
+        "budgets": Param(list, "transfer-set sizes, images per class", 1, 5000, item=int),
+        "criteria": Param(list, "selection criteria", choices=tuple(SELECTIONS)),
+        "taus": Param(list, "distillation temperatures (Eq. 5)", 0.01, 1000.0, item=float),
+        "kd_lambda": Param(float, "weight of the label cross-entropy in Eq. 5", 0.0, 1.0),
+        "selection_attack": Param(str, "attack whose DDB ranks the pool", choices=tuple(ATTACKS)),
+        **_ATTACK,
+        "ddb_eps": Param(float, "PGD budget for DDB (large: it should not bind)", 1e-6, 1.0),
+        "n_eval": Param(int, "test images for student accuracy, balanced over classes", 10, 10000),
+        "n_flag": Param(int, "test images scored for HOL-F6, balanced over classes", 20, 10000),
+        "calibration_share": Param(float, "share of them that fixes min/max and the clusters", 0.1, 0.9),
+        "f6_criteria": Param(list, "selection criteria whose students HOL-F6 scores", choices=tuple(SELECTIONS)),
+        "f6_tau": Param(float, "temperature of the students HOL-F6 scores (one of taus)", 0.01, 1000.0),
+        "batch_size_eval": Param(int, "images per forward pass for the flipping frequency", 1, 100000),
+    },
     "hol_toy": {
         "seed": _COMMON["seed"], "device": _COMMON["device"],
         "n_train": Param(int, "training points of the two moons", 20, 100000),
@@ -157,6 +183,7 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "grid_resolution": Param(int, "grid points per side for the exact distance", 20, 2000),
     },
 }
+SCHEMAS["hol_kd"]["model"] = Param(str, "student architecture (the paper's: mobilenet_v2)", choices=tuple(MODELS))
 
 
 def repo_root() -> Path:

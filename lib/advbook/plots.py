@@ -7,7 +7,7 @@ from matplotlib.patches import Rectangle
 
 from .report import new_figure
 
-__all__ = ["ddb_vs_steps", "attack_paths", "dct_pipeline", "band_accuracy_curves"]
+__all__ = ["ddb_vs_steps", "attack_paths", "dct_pipeline", "band_accuracy_curves", "student_accuracy", "flagging_bars"]
 
 _ATTACK_LABELS = {"pgd": "PGD", "deepfool": "DeepFool"}
 
@@ -139,4 +139,69 @@ def band_accuracy_curves(acc, *, classes, highlight: dict[int, str], title: str 
     ax.legend(fontsize=7, ncol=2, loc="upper left")
     if title:
         ax.set_title(title, fontsize=10)
+    return fig
+
+
+_CRITERION_COLORS = {"random": "tab:gray", "closest": "tab:orange", "trust": "tab:blue"}
+
+
+def student_accuracy(results: pd.DataFrame, *, paper: pd.DataFrame | None = None, title: str = ""):
+    """HOL Table 3 as a figure: student accuracy against budget, one line per criterion (mean and
+    min–max over seeds), one panel per temperature; the paper's values dashed."""
+    taus = sorted(results["tau"].unique(), reverse=True)
+    fig = new_figure(width=4.2 * len(taus), height=3.6)
+    axes = np.atleast_1d(fig.subplots(1, len(taus), sharey=True))
+    for ax, tau in zip(axes, taus):
+        for criterion, g in results[results.tau == tau].groupby("criterion", sort=False):
+            stats = g.groupby("budget")["accuracy"].agg(["mean", "min", "max"])
+            color = _CRITERION_COLORS.get(criterion)
+            ax.plot(stats.index, stats["mean"], "o-", color=color, label=f"{criterion} (ours)")
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2, linewidth=0)
+            if paper is not None:
+                p = paper[(paper.tau == tau) & (paper.criterion == criterion)
+                          & paper.budget.isin(results["budget"].unique())].sort_values("budget")
+                if len(p):
+                    ax.plot(p["budget"], p["accuracy"], "s--", color=color, alpha=0.6, markersize=4,
+                            label=f"{criterion} (paper)")
+        ax.set_title(f"τ = {tau:g}", fontsize=10)
+        ax.set_xlabel("transfer-set budget (images per class)")
+        ax.set_xticks(sorted(results["budget"].unique()))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("student accuracy (%)")
+    axes[-1].legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def flagging_bars(rows: pd.DataFrame, *, title: str = ""):
+    """HOL Fig. 6: flagging accuracy of normalised DDB and of the trust score, per budget; one
+    panel per (attack, criterion). ``rows`` has columns criterion, budget, attack, score
+    (``d_hat`` or ``T``) and flagging_accuracy."""
+    attacks = list(dict.fromkeys(rows["attack"]))
+    criteria = list(dict.fromkeys(rows["criterion"]))
+    fig = new_figure(width=max(6.0, 3.6 * len(criteria) + 0.6), height=2.9 * len(attacks))
+    axes = np.asarray(fig.subplots(len(attacks), len(criteria), sharey=True, squeeze=False))
+    width = 0.38
+    for i, attack in enumerate(attacks):
+        for j, criterion in enumerate(criteria):
+            ax = axes[i, j]
+            g = rows[(rows.attack == attack) & (rows.criterion == criterion)]
+            budgets = sorted(g["budget"].unique())
+            x = np.arange(len(budgets))
+            for k, (score, label, color) in enumerate((("d_hat", "normalised DDB", "tab:gray"),
+                                                        ("T", "trust score T", "tab:blue"))):
+                vals = [g[(g.budget == b) & (g.score == score)]["flagging_accuracy"].mean() for b in budgets]
+                bars = ax.bar(x + (k - 0.5) * width, vals, width, color=color, label=label)
+                ax.bar_label(bars, fmt="%.0f", fontsize=7)
+            ax.set_xticks(x, [str(b) for b in budgets])
+            ax.set_title(f"{_ATTACK_LABELS.get(attack, attack)} · {criterion}-selected", fontsize=9)
+            ax.grid(alpha=0.3, axis="y")
+            ax.set_ylim(0, 118)
+            if i == len(attacks) - 1:
+                ax.set_xlabel("budget (images per class)")
+        axes[i, 0].set_ylabel("flagging accuracy (%)")
+    axes[0, -1].legend(fontsize=7, loc="upper right", ncol=2)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import cache
-from .attacks import pgd
 from .data import Dataset, balanced_subset, to_float
 from .models import Classifier, build_model
+from .objectives import OBJECTIVES, StepContext
 
 __all__ = ["TrainConfig", "TrainedModel", "train_model", "trained_for", "augment", "predict", "model_key", "OBJECTIVES"]
 
@@ -43,6 +43,31 @@ class TrainConfig:
     at_eps: float = 8 / 255
     at_step_size: float = 2 / 255
     at_steps: int = 10
+    kd_tau: float = 4.0        # distillation temperature (HOL Eq. 5): used by objective "kd" only
+    kd_lambda: float = 0.2     # weight of the cross-entropy with the labels in Eq. 5
+    trades_beta: float = 6.0   # TRADES' 1/lambda (VIR uses 4.0 for ResNet-18, 5.0 for VIR-TRADES)
+    mart_beta: float = 5.0     # MART's weight of the KL term
+    gair_lambda: float = -1.0  # GAIRAT's lambda (tanh weights)
+    mail_bias: float = -1.5    # MAIL's bias and slope, as in its reference code
+    mail_slope: float = 1.0
+    vir_alpha: float = 7.0     # VIR-AT's alpha, gamma, beta (VIR-TRADES: 8.0, 3.0, 1.6)
+    vir_gamma: float = 10.0
+    vir_beta: float = 0.007
+    vir_use: str = "full"      # "full" w = S_v S_d + beta, or "sv" / "sd" alone (ablations)
+    reweight_from: int = 0     # reweighting methods run their base objective before this epoch (0-based)
+
+    def key_fields(self) -> dict:
+        """The fields that decide the weights: the common ones and those of ``objective``."""
+        claimed = {f for o in OBJECTIVES.values() for f in o.fields}
+        own = set(OBJECTIVES[self.objective].fields) if self.objective in OBJECTIVES else set()
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in claimed or k in own}
+
+    def burn_in(self) -> "TrainConfig | None":
+        """The configuration whose first ``reweight_from`` epochs this run shares, or None."""
+        base = OBJECTIVES[self.objective].base if self.objective in OBJECTIVES else None
+        if base is None or not 0 < self.reweight_from < self.epochs:
+            return None
+        return dataclasses.replace(self, objective=base)
 
 
 @dataclasses.dataclass
@@ -56,7 +81,15 @@ class TrainedModel:
     def provenance(self) -> dict:
         return {"key": self.key, "path": str(self.checkpoint), "sha256": self.meta["sha256"],
                 "from_cache": self.from_cache, "model": self.meta["model"],
-                "train_seconds": self.meta["train_seconds"]}
+                "train_seconds": self.meta["train_seconds"], "forked_from": self.meta.get("forked_from")}
+
+    def records(self) -> dict[int, dict[str, torch.Tensor]]:
+        """Per-sample records of the reweighted epochs (epoch -> ``index`` into the dataset's
+        training split plus the objective's weights and their parts)."""
+        out = {}
+        for path in sorted(self.checkpoint.parent.glob("records-e*.pt")):
+            out[int(path.stem.split("-e")[1])] = cache.load_checkpoint(path)
+        return out
 
 
 def augment(x: torch.Tensor, *, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -70,27 +103,6 @@ def augment(x: torch.Tensor, *, generator: torch.Generator, pad: int = 4) -> tor
     out = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
     flip = torch.rand(n, generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], out.flip(3), out)
-
-
-def _standard(model, x, y, cfg: TrainConfig, seed: int):
-    logits = model(x)
-    return F.cross_entropy(logits, y), logits
-
-
-def _pgd_at(model, x, y, cfg: TrainConfig, seed: int):
-    """PGD adversarial training (Madry et al., 2018): cross-entropy on PGD examples with a random
-    start. The examples are generated with the model in eval mode (as the TRADES reference code
-    does), so the attack's forward passes do not update the batch-norm statistics."""
-    model.eval()
-    x_adv = pgd(model, x, y, norm=cfg.at_norm, eps=cfg.at_eps, step_size=cfg.at_step_size, steps=cfg.at_steps,
-                random_start=True, stop_on_success=False, seed=seed).x_adv
-    model.train()
-    logits = model(x_adv.contiguous(memory_format=torch.channels_last))
-    return F.cross_entropy(logits, y), logits
-
-
-# objective name -> (model, x, y, cfg, seed) -> (loss, logits); the training loop is shared
-OBJECTIVES: dict[str, Callable] = {"standard": _standard, "pgd_at": _pgd_at}
 
 
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -113,12 +125,14 @@ def predict(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int = 512) -
 
 
 def model_key(*, model_name: str, dataset: Dataset, train_index: torch.Tensor | None,
-              cfg: TrainConfig, seed: int) -> str:
+              cfg: TrainConfig, seed: int, teacher_key: str | None = None) -> str:
     index_hash = (hashlib.sha256(train_index.numpy().tobytes()).hexdigest()[:16]
                   if train_index is not None else "all")
-    return cache.stable_hash({"model": model_name, "data": dataset.name, "data_sha256": dataset.checksum,
-                              "index": index_hash, "cfg": dataclasses.asdict(cfg), "seed": seed,
-                              "version": TRAIN_CODE_VERSION})
+    content = {"model": model_name, "data": dataset.name, "data_sha256": dataset.checksum,
+               "index": index_hash, "cfg": cfg.key_fields(), "seed": seed, "version": TRAIN_CODE_VERSION}
+    if teacher_key is not None:
+        content["teacher"] = teacher_key
+    return cache.stable_hash(content)
 
 
 def _load_final(final: Path, model: Classifier, meta_path: Path) -> dict | None:
@@ -132,16 +146,36 @@ def _load_final(final: Path, model: Classifier, meta_path: Path) -> dict | None:
         return None
 
 
+def _prefix_path(*, model_name: str, dataset: Dataset, train_index, cfg: TrainConfig, seed: int,
+                 epoch: int) -> Path:
+    key = model_key(model_name=model_name, dataset=dataset, train_index=train_index, cfg=cfg, seed=seed)
+    return cache.cache_dir("models") / "prefixes" / f"{model_name}-{key}-e{epoch}.pt"
+
+
 def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: int,
                 train_index: torch.Tensor | None = None, device: torch.device | str = "cpu",
+                teacher: TrainedModel | None = None, share_epochs: tuple[int, ...] = (),
                 on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainedModel:
-    """Train (or load from the cache) ``model_name`` on ``dataset.train[train_index]``."""
+    """Train (or load from the cache) ``model_name`` on ``dataset.train[train_index]``.
+
+    ``teacher`` (for objective ``"kd"``) is a trained model whose cache key becomes part of
+    this model's key, so a student is retrained when its teacher changes.
+
+    Shared burn-in: a reweighting objective runs its base objective for its first
+    ``cfg.reweight_from`` epochs. Its state after them is exactly that of the base run with the
+    same settings (same schedule, data order and seeds), so it is saved once as a *prefix* and
+    every such run forks from it. A base run saves prefixes at the epochs in ``share_epochs``.
+    """
     if cfg.epochs < 1 or cfg.batch_size < 1 or not cfg.lr > 0:
         raise ValueError(f"epochs, batch_size and lr must be positive, got {cfg}")
     if cfg.objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {cfg.objective!r}; valid: {', '.join(OBJECTIVES)}")
+    objective = OBJECTIVES[cfg.objective]
+    if objective.needs_teacher and teacher is None:
+        raise ValueError(f"objective {cfg.objective!r} needs a teacher model")
     device = torch.device(device)
-    key = model_key(model_name=model_name, dataset=dataset, train_index=train_index, cfg=cfg, seed=seed)
+    key = model_key(model_name=model_name, dataset=dataset, train_index=train_index, cfg=cfg, seed=seed,
+                    teacher_key=teacher.key if objective.needs_teacher else None)
     folder = cache.cache_dir("models") / f"{model_name}-{key}"
     final, last, meta_path = folder / "final.pt", folder / "last.pt", folder / "meta.json"
 
@@ -151,32 +185,49 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
     if meta is not None:
         return TrainedModel(model.to(device).eval(), key, final, meta, from_cache=True)
 
+    burn_in = cfg.burn_in()
+    prefix_cfg = burn_in or cfg
+    shared = set(share_epochs) | ({cfg.reweight_from} if burn_in is not None else set())
+    prefixes = {e: _prefix_path(model_name=model_name, dataset=dataset, train_index=train_index, cfg=prefix_cfg,
+                                seed=seed, epoch=e) for e in shared if 0 < e < cfg.epochs}
     split = dataset.train if train_index is None else dataset.train.subset(train_index)
+    positions = torch.arange(len(dataset.train)) if train_index is None else train_index
     n = len(split)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     total = cfg.epochs * steps_per_epoch
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, nesterov=True)
-    start_epoch, history, seconds = 0, [], 0.0
-    if last.exists():
+    start_epoch, history, seconds, forked_from = 0, [], 0.0, None
+    resume_from = last
+    if not last.exists() and burn_in is not None and prefixes[cfg.reweight_from].exists():
+        resume_from = forked_from = prefixes[cfg.reweight_from]
+    if resume_from.exists():
         try:
-            state = cache.load_checkpoint(last)
+            state = cache.load_checkpoint(resume_from)
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             start_epoch, seconds = int(state["epoch"]), float(state["seconds"])
             history = [dict(zip(("epoch", "loss", "acc"), row)) for row in state["history"].tolist()]
+            forked_from = str(resume_from) if resume_from != last else state.get("forked_from")
         except (cache.CorruptCheckpoint, KeyError, RuntimeError, ValueError):
-            last.unlink(missing_ok=True)
-            start_epoch = 0
+            resume_from.unlink(missing_ok=True)
+            torch.manual_seed(seed)  # the same initial weights as a run that never had this file
+            model = build_model(model_name, num_classes=len(dataset.classes), mean=dataset.mean, std=dataset.std)
+            opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                  weight_decay=cfg.weight_decay, nesterov=True)
+            start_epoch, history, seconds, forked_from = 0, [], 0.0, None
 
     model.to(device).to(memory_format=torch.channels_last)
+    teacher_net = teacher.model.to(device).eval() if objective.needs_teacher else None
     for epoch in tqdm(range(start_epoch, cfg.epochs), desc=f"train {model_name}", unit="epoch",
                       initial=start_epoch, total=cfg.epochs):
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=g)
         model.train()
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct, records = 0.0, 0, []
+        step_objective = OBJECTIVES[burn_in.objective] if burn_in is not None and epoch < cfg.reweight_from \
+            else objective
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb = to_float(split.images[idx])
@@ -187,7 +238,10 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
             for group in opt.param_groups:
                 group["lr"] = _lr_at(epoch * steps_per_epoch + b, total, cfg)
             batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
-            loss, logits = OBJECTIVES[cfg.objective](model, xb, yb, cfg, batch_seed)
+            ctx = StepContext(seed=batch_seed, epoch=epoch, index=idx, teacher=teacher_net)
+            loss, logits, record = step_objective.loss(model, xb, yb, cfg, ctx)
+            if record is not None:
+                records.append({"index": positions[idx], **{k: v.detach().cpu() for k, v in record.items()}})
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -196,16 +250,22 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
         seconds += time.perf_counter() - t0
         row = {"epoch": epoch + 1, "loss": loss_sum / n, "acc": correct / n}
         history.append(row)
-        cache.save_checkpoint(last, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-            "seconds": seconds,
-            "history": torch.tensor([[r["epoch"], r["loss"], r["acc"]] for r in history], dtype=torch.float64)})
+        if records:
+            cache.save_checkpoint(folder / f"records-e{epoch + 1}.pt",
+                                  {k: torch.cat([r[k] for r in records]) for k in records[0]})
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                 "seconds": seconds, "forked_from": forked_from,
+                 "history": torch.tensor([[r["epoch"], r["loss"], r["acc"]] for r in history], dtype=torch.float64)}
+        if epoch + 1 in prefixes and not prefixes[epoch + 1].exists():
+            cache.save_checkpoint(prefixes[epoch + 1], {**state, "forked_from": None})
+        cache.save_checkpoint(last, state)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
 
     model.eval().to(memory_format=torch.contiguous_format)
     digest = cache.save_checkpoint(final, {k: v.contiguous() for k, v in model.state_dict().items()})
-    meta = {"model": model_name, "key": key, "sha256": digest, "config": dataclasses.asdict(cfg), "seed": seed,
+    meta = {"model": model_name, "key": key, "sha256": digest, "config": cfg.key_fields(), "seed": seed,
+            "teacher": teacher.key if teacher_net is not None else None, "forked_from": forked_from,
             "dataset": dataset.identity(), "n_train": n, "train_seconds": round(seconds, 2),
             "history": history, "device": str(device), "version": TRAIN_CODE_VERSION}
     cache.write_json(meta_path, meta)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["normalised", "normalised_ddb", "reversed_normalised_ff", "trust_score", "kmeans_flags",
-           "flagging_accuracy", "flagging_report", "score_frame", "flagging_rows", "score_model"]
+           "flagging_accuracy", "flagging_report", "score_frame", "flagging_rows", "measure", "score_model"]
 
 
 def _arr(v) -> np.ndarray:
@@ -125,36 +125,45 @@ def flagging_rows(scores: "pd.DataFrame", wrong, *, evaluate=None, reference=Non
     return rows
 
 
-def score_model(model, x, y, *, attacks: dict, calibration, attack_batch_size: int, batch_size_eval: int,
-                seed: int = 0) -> tuple[list[dict], "pd.DataFrame"]:
-    """Everything HOL Table 2 needs for one model on inputs ``x`` with labels ``y`` (CPU tensor).
-
-    DDB by each attack (name -> keyword arguments) moving away from the model's own prediction,
-    a sample the attack cannot flip getting the largest DDB observed; the flipping frequency;
-    the scores; and the flagging reports under two protocols: ``calibrated`` (min/max and
-    clusters fitted on the ``calibration`` rows, flags judged on the others) and
-    ``transductive`` (fitted and judged on all rows). Returns ``(rows, per_sample)``.
-    """
-    import pandas as pd
-
+def measure(model, x, *, attacks: dict, attack_batch_size: int, batch_size_eval: int) -> dict:
+    """The raw ingredients of the scores for inputs ``x``: the model's prediction, the DDB by each
+    attack (name -> keyword arguments) moving away from that prediction, and the flipping
+    frequency. A sample an attack cannot flip gets the largest DDB that attack observed (it is at
+    least that far). Returns numpy arrays: ``pred``, ``ddb`` (a dict per attack) and ``ff``."""
     from . import frequency, vulnerability
     from .train import predict
 
-    calibration = np.asarray(calibration, bool)
     pred = predict(model, x).argmax(1)
-    wrong = (pred != y).numpy()
     measured = vulnerability.ddb_and_steps(model, x, pred.to(x.device), attacks=attacks,
                                            batch_size=attack_batch_size)
     ddb = {a: measured[f"ddb_{a}"].where(measured[f"success_{a}"], measured[f"ddb_{a}"].max()).to_numpy()
            for a in attacks}
     ff = frequency.flipping_frequency(model, x, batch_size=batch_size_eval).numpy()
+    return {"pred": pred.numpy(), "ddb": ddb, "ff": ff}
+
+
+def score_model(model, x, y, *, attacks: dict, calibration, attack_batch_size: int, batch_size_eval: int,
+                seed: int = 0) -> tuple[list[dict], "pd.DataFrame"]:
+    """Everything HOL Table 2 needs for one model on inputs ``x`` with labels ``y`` (CPU tensor).
+
+    The ingredients of :func:`measure`, the scores, and the flagging reports under two
+    protocols: ``calibrated`` (min/max and clusters fitted on the ``calibration`` rows, flags
+    judged on the others) and ``transductive`` (fitted and judged on all rows).
+    Returns ``(rows, per_sample)``.
+    """
+    import pandas as pd
+
+    calibration = np.asarray(calibration, bool)
+    m = measure(model, x, attacks=attacks, attack_batch_size=attack_batch_size, batch_size_eval=batch_size_eval)
+    pred, ddb, ff = m["pred"], m["ddb"], m["ff"]
+    wrong = pred != y.numpy()
     rows = []
     for protocol, ref, ev in (("calibrated", calibration, ~calibration), ("transductive", None, None)):
         scores = score_frame(ddb=ddb, ff=ff, reference=ref)
         rows += [{"protocol": protocol, "clean_acc": 100 * (1 - wrong.mean()), **r}
                  for r in flagging_rows(scores, wrong, reference=ref, evaluate=ev, seed=seed)]
     per_sample = pd.concat([pd.DataFrame({
-        "label": y.numpy(), "prediction": pred.numpy(), "wrong": wrong, "calibration": calibration,
+        "label": y.numpy(), "prediction": pred, "wrong": wrong, "calibration": calibration,
         **{f"ddb_{a}": d for a, d in ddb.items()}, "flipping_frequency": ff}),
         score_frame(ddb=ddb, ff=ff, reference=calibration)], axis=1)
     return rows, per_sample
