@@ -32,9 +32,10 @@ html: env
 test: env
 	$(PY) -m pytest -q
 
-## bench: attack throughput against foolbox, same model and batch (writes book/performance data)
+## bench: attack and evaluation-suite throughput against foolbox, same model and batch (writes book/bench_*.md)
 bench: env
 	$(PY) scripts/bench_attacks.py
+	$(PY) scripts/bench_evaluate.py
 
 clean:
 	rm -rf _build book/executed artifacts

@@ -109,7 +109,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
 
 
 def clear(sub: str | None = None) -> Path:
-    """Delete the whole cache, or one sub-folder of it (``data``, ``models``)."""
+    """Delete the whole cache, or one sub-folder of it (``data``, ``models``, ``evals``)."""
     path = cache_dir(sub)
     shutil.rmtree(path)
     return path

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     params.set_defaults(func=_cmd_params)
     c = sub.add_parser("cache", help="show or clear the cache")
     c.add_argument("action", choices=("info", "clear"))
-    c.add_argument("--only", choices=("data", "models"), help="clear only this part")
+    c.add_argument("--only", choices=("data", "models", "evals"), help="clear only this part")
     c.set_defaults(func=_cmd_cache)
     args = parser.parse_args(argv)
     try:

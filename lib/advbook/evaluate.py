@@ -11,8 +11,8 @@ already done; AutoAttack also keeps its own state file there, so it resumes betw
 * ``cw``: the CW margin loss (confidence ``kappa``, 50 as in the GAIRAT and MAIL reference
   evaluations) maximised by L-inf PGD;
 * ``fmn``: foolbox's ``LInfFMNAttack`` (minimum norm, robust if no adversarial within ``eps``);
-* ``autoattack``: the faithful port ``pyautoattack`` (``version="standard"``, or ``"custom"``
-  with a list of its attacks for a reduced, labelled budget);
+* ``autoattack``: the faithful port ``pyautoattack`` (``version="standard"``, or ``"custom"``:
+  the standard version's settings restricted to the listed ``parts``, a reduced, labelled budget);
 * ``square``: pyautoattack's Square attack with ``n_queries`` queries (black box).
 
 SPSA and MDE are not implemented yet; asking for them fails with the valid choices.
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from . import cache
 from .attacks import pgd
 
-__all__ = ["EVALUATIONS", "evaluate", "cw_loss", "EvalResult"]
+__all__ = ["EVALUATIONS", "evaluate", "cw_loss", "EvalResult", "pgd_predictions"]
 
 
 def _fgsm(model, x, y, *, eps: float, **_):
@@ -86,6 +86,9 @@ def _autoattack(model, x, y, *, eps: float, version: str = "standard", parts: li
     adversary = AutoAttack(model, eps=eps, norm="Linf", seed=seed, device=x.device, version=version,
                            attacks=list(parts) if version == "custom" else None)
     adversary.verbose = False
+    if version == "custom":  # the standard version's settings (one restart, 9 targets) on a subset
+        adversary._set_version("standard")
+        adversary.attacks_to_run = list(parts)
     x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state_path)
     with torch.no_grad():
         return model(x_adv.to(x.device)).argmax(1) == y
@@ -158,3 +161,17 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: dict[str, dict
             path.parent.mkdir(parents=True, exist_ok=True)
             cache.save_checkpoint(path, {"robust": robust})
     return EvalResult(pd.DataFrame({k: v.numpy() for k, v in flags.items()}), seconds)
+
+
+def pgd_predictions(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float, steps: int,
+                    batch_size: int = 500, seed: int = 0) -> torch.Tensor:
+    """The model's predictions on L-inf PGD examples (random start, all steps), for confusion
+    matrices under attack (VIR Fig. 1–2)."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        res = pgd(model, x[i:i + batch_size], y[i:i + batch_size].to(x.device), norm="linf", eps=eps,
+                  step_size=step_size, steps=steps, random_start=True, stop_on_success=False, seed=seed + i)
+        with torch.no_grad():
+            out.append(model(res.x_adv).argmax(1).cpu())
+    return torch.cat(out)

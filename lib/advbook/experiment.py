@@ -24,6 +24,7 @@ import torch
 
 from .attacks import ATTACKS
 from .data import DATASETS
+from .defenses import DEFENSES
 from .distill import SELECTIONS
 from .models import MODELS
 from .threats import THREATS
@@ -167,6 +168,42 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "f6_criteria": Param(list, "selection criteria whose students HOL-F6 scores", choices=tuple(SELECTIONS)),
         "f6_tau": Param(float, "temperature of the students HOL-F6 scores (one of taus)", 0.01, 1000.0),
         "batch_size_eval": Param(int, "images per forward pass for the flipping frequency", 1, 100000),
+    },
+    "vir_main": {
+        **_COMMON, **_TRAIN,
+        "n_seeds": Param(int, "seeds per defense (seed, seed+1, ...); tables give mean ± std", 1, 20),
+        "defenses": Param(list, "defenses trained and compared", choices=tuple(d for d in DEFENSES if d != "standard")),
+        "at_eps": Param(float, "training attack budget (L-inf)", 1e-6, 1.0),
+        "at_step_size": Param(float, "training attack step size", 1e-6, 1.0),
+        "at_steps": Param(int, "training attack iterations", 1, 100),
+        "reweight_from": Param(int, "first reweighted epoch (0-based); earlier epochs are the shared burn-in", 0, 1000),
+        "trades_beta": Param(float, "TRADES' 1/lambda", 0.0, 100.0),
+        "vir_trades_beta": Param(float, "VIR-TRADES' 1/lambda (equal to trades_beta: the burn-in is shared)",
+                                 0.0, 100.0),
+        "n_eval": Param(int, "test images evaluated, balanced over classes", 10, 10000),
+        "eval_eps": Param(float, "evaluation budget (L-inf)", 1e-6, 1.0),
+        "pgd_steps": Param(int, "PGD iterations in evaluation (paper: 100)", 1, 10000),
+        "pgd_step_size": Param(float, "PGD step size in evaluation (paper: 1/255)", 1e-6, 1.0),
+        "cw_steps": Param(int, "iterations of PGD on the CW loss (paper: 20)", 1, 10000),
+        "fmn_steps": Param(int, "FMN iterations (paper: 100)", 1, 10000),
+        "aa_version": Param(str, "AutoAttack version", choices=("standard", "custom")),
+        "aa_parts": Param(list, "AutoAttack's attacks when aa_version=custom",
+                          choices=("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")),
+        "eval_batch_size": Param(int, "images per attack batch", 1, 10000),
+    },
+    "vir_ablation": {
+        "seed": _COMMON["seed"], "device": _COMMON["device"],
+        "n_seeds": Param(int, "seeds per variant; the training settings are those of vir_main", 1, 20),
+        "tables": Param(list, "ablation tables to regenerate", choices=("T6", "T7", "T9", "T10", "T11", "T12")),
+        "at_betas": Param(list, "VIR-AT beta values (Table 9)", 0.0, 100.0, item=float),
+        "trades_betas": Param(list, "VIR-TRADES beta values (Table 10)", 0.0, 100.0, item=float),
+        "at_alphas": Param(list, "VIR-AT alpha values at the default gamma (Table 11)", 0.0, 1000.0, item=float),
+        "at_gammas": Param(list, "VIR-AT gamma values at the default alpha (Table 11)", 0.0, 1000.0, item=float),
+        "trades_alphas": Param(list, "VIR-TRADES alpha values at the default gamma (Table 12)", 0.0, 1000.0,
+                               item=float),
+        "trades_gammas": Param(list, "VIR-TRADES gamma values at the default alpha (Table 12)", 0.0, 1000.0,
+                               item=float),
+        "square_queries": Param(int, "Square attack queries in Tables 6-7 (paper: 5000)", 1, 100000),
     },
     "hol_toy": {
         "seed": _COMMON["seed"], "device": _COMMON["device"],

@@ -187,7 +187,8 @@ def _vir_weights(model, x, x_adv, y, cfg):
     picks the full weight or one factor alone (the ablations of VIR Tables 6–7)."""
     logits_nat, logits_adv = _eval_logits(model, x, x_adv)
     parts = reweight.vir_parts(logits_nat, logits_adv, y, alpha=cfg.vir_alpha, gamma=cfg.vir_gamma, beta=cfg.vir_beta)
-    return _VIR_USE[cfg.vir_use](parts), parts
+    w = _VIR_USE[cfg.vir_use](parts)
+    return w, {**parts, "w": w}  # the record holds the weight actually applied
 
 
 def _vir_at(model, x, y, cfg, ctx):

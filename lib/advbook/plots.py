@@ -7,7 +7,8 @@ from matplotlib.patches import Rectangle
 
 from .report import new_figure
 
-__all__ = ["ddb_vs_steps", "attack_paths", "dct_pipeline", "band_accuracy_curves", "student_accuracy", "flagging_bars"]
+__all__ = ["ddb_vs_steps", "attack_paths", "dct_pipeline", "band_accuracy_curves", "student_accuracy", "flagging_bars", "confusion_grid",
+           "class_weight_lines"]
 
 _ATTACK_LABELS = {"pgd": "PGD", "deepfool": "DeepFool"}
 
@@ -202,6 +203,48 @@ def flagging_bars(rows: pd.DataFrame, *, title: str = ""):
                 ax.set_xlabel("budget (images per class)")
         axes[i, 0].set_ylabel("flagging accuracy (%)")
     axes[0, -1].legend(fontsize=7, loc="upper right", ncol=2)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def confusion_grid(matrices: dict, *, classes, title: str = ""):
+    """Row-normalised confusion matrices in % side by side (VIR Fig. 1–2); the diagonal printed."""
+    n = len(matrices)
+    fig = new_figure(width=3.3 * n + 0.8, height=3.6)
+    axes = np.atleast_1d(fig.subplots(1, n))
+    for ax, (name, m) in zip(axes, matrices.items()):
+        im = ax.imshow(m, vmin=0, vmax=100, cmap="Blues")
+        for i in range(len(classes)):
+            ax.text(i, i, f"{m[i, i]:.0f}", ha="center", va="center", fontsize=6.5,
+                    color="white" if m[i, i] > 60 else "black")
+        ax.set_xticks(range(len(classes)), [str(i) for i in range(len(classes))], fontsize=7)
+        ax.set_yticks(range(len(classes)), [f"{i} {c}" for i, c in enumerate(classes)], fontsize=7)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_title(name, fontsize=9)
+    axes[0].set_ylabel("true class", fontsize=8)
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="% of the true class")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def class_weight_lines(frames: dict, *, classes, title: str = ""):
+    """VIR Fig. 3: each class's share of the total sample weight per reweighted epoch, one panel
+    per method (``frames``: name -> output of ``defenses.class_weight_sums``)."""
+    n = len(frames)
+    fig = new_figure(width=4.6 * n, height=3.6)
+    axes = np.atleast_1d(fig.subplots(1, n, sharey=True))
+    for ax, (name, frame) in zip(axes, frames.items()):
+        for c, cname in enumerate(classes):
+            g = frame[frame["class"] == c]
+            ax.plot(g["epoch"], 100 * g["share"], marker="o", markersize=3, label=f"{c} {cname}")
+        ax.axhline(100 / len(classes), color="black", linewidth=0.8, linestyle=":")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("share of the total weight (%)")
+    axes[-1].legend(fontsize=7, ncol=2)
     if title:
         fig.suptitle(title, fontsize=10)
     return fig

@@ -56,6 +56,10 @@ class TrainConfig:
     vir_use: str = "full"      # "full" w = S_v S_d + beta, or "sv" / "sd" alone (ablations)
     reweight_from: int = 0     # reweighting methods run their base objective before this epoch (0-based)
 
+    def __post_init__(self):
+        if self.vir_use not in ("full", "sv", "sd"):
+            raise ValueError(f"vir_use must be one of full, sv, sd, got {self.vir_use!r}")
+
     def key_fields(self) -> dict:
         """The fields that decide the weights: the common ones and those of ``objective``."""
         claimed = {f for o in OBJECTIVES.values() for f in o.fields}

@@ -1,0 +1,49 @@
+"""The VIR defenses: their configurations, training them with a shared burn-in, and the summaries
+the VIR figures are drawn from."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from advbook import defenses
+
+PARAMS = dict(model="tiny_cnn", seed=0, train_per_class=25, epochs=3, batch_size=50, lr=0.05, weight_decay=5e-4,
+              at_eps=8 / 255, at_step_size=4 / 255, at_steps=2, reweight_from=2, trades_beta=5.0,
+              vir_trades_beta=5.0)
+
+
+def test_defense_configs_carry_the_papers_hyperparameters():
+    assert defenses.defense_config("vir_at", PARAMS).vir_alpha == 7.0
+    vt = defenses.defense_config("vir_trades", {**PARAMS, "vir_trades_beta": 4.0})
+    assert (vt.vir_alpha, vt.vir_gamma, vt.vir_beta, vt.trades_beta) == (8.0, 3.0, 1.6, 4.0)
+    assert defenses.defense_config("trades", PARAMS).trades_beta == 5.0
+    assert defenses.defense_config("vir_at", PARAMS, vir_use="sv").vir_use == "sv"
+    with pytest.raises(ValueError, match="unknown defense 'awp'; valid: standard, at, trades, mart, gairat"):
+        defenses.defense_config("awp", PARAMS)
+    with pytest.raises(ValueError, match="vir_use must be one of full, sv, sd, got 'both'"):
+        defenses.defense_config("vir_at", PARAMS, vir_use="both")
+
+
+def test_confusion_rows_are_percentages_of_the_true_class():
+    m = defenses.confusion([0, 0, 0, 1, 1, 2], [0, 1, 1, 1, 1, 0], num_classes=3)
+    assert m[0].tolist() == pytest.approx([100 / 3, 200 / 3, 0])
+    assert m[1].tolist() == [0, 100, 0] and m[2].tolist() == [100, 0, 0]
+
+
+def test_reweighting_defenses_fork_from_their_base_and_record_weights(synth, fresh_cache):
+    trained = defenses.train_defenses(["vir_at", "at", "gairat"], params=PARAMS, dataset=synth, seed=0, device="cpu")
+    assert list(trained) == ["at", "vir_at", "gairat"]  # bases first, whatever the order asked
+    assert trained["at"].meta["forked_from"] is None
+    assert trained["vir_at"].meta["forked_from"] and trained["gairat"].meta["forked_from"]
+    sums = defenses.class_weight_sums(trained["vir_at"], synth.train.labels, num_classes=4)
+    assert sorted(sums.epoch.unique()) == [3]  # the one reweighted epoch
+    assert sums.groupby("epoch")["share"].sum().to_numpy() == pytest.approx([1.0])
+    rec = trained["vir_at"].records()[3]
+    by_class = np.bincount(synth.train.labels[rec["index"]].numpy(), weights=rec["w"].double().numpy(), minlength=4)
+    assert sums.weight_sum.to_numpy() == pytest.approx(by_class)
+    again = defenses.train_defenses(["vir_at"], params=PARAMS, dataset=synth, seed=0, device="cpu",
+                                    variants={"sv": ("vir_at", {"vir_use": "sv"})})
+    assert again["vir_at"].from_cache and not again["sv"].from_cache and again["sv"].meta["forked_from"]
+    assert again["sv"].key != again["vir_at"].key
+    assert torch.equal(again["sv"].records()[3]["w"], again["sv"].records()[3]["S_v"])
