@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from .report import new_figure
 
@@ -242,6 +243,7 @@ def class_weight_lines(frames: dict, *, classes, title: str = ""):
         ax.axhline(100 / len(classes), color="black", linewidth=0.8, linestyle=":")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("share of the total weight (%)")
     axes[-1].legend(fontsize=7, ncol=2)
