@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .threats import get_threat
 
-__all__ = ["AttackResult", "pgd", "deepfool", "ATTACKS", "get_attack", "run_batched"]
+__all__ = ["AttackResult", "pgd", "sign_ascent", "deepfool", "ATTACKS", "get_attack", "run_batched"]
 
 
 @dataclasses.dataclass
@@ -103,6 +103,25 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str =
     with torch.no_grad():
         success = model(x_adv).argmax(1) != y if not stop_on_success else first_flip >= 0
     return _result(x, x_adv, success, first_flip)
+
+
+def sign_ascent(model: torch.nn.Module, x: torch.Tensor, x_start: torch.Tensor, *, objective: Callable,
+                eps: float, step_size: float, steps: int, observe: Callable | None = None) -> torch.Tensor:
+    """L-inf ascent of ``objective(logits)`` (a scalar) from ``x_start``: sign steps of ``step_size``,
+    each projected on the ``eps``-ball around ``x`` and on [0, 1]. ``observe(logits)`` sees every
+    iterate's logits before its step. The loop behind the training attacks of TRADES-style
+    objectives and the CW evaluation, whose losses differ from :func:`pgd`'s cross-entropy."""
+    threat = get_threat("linf", eps=eps, step_size=step_size)
+    x_adv = x_start
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        logits = model(x_adv)
+        if observe is not None:
+            observe(logits)
+        (grad,) = torch.autograd.grad(objective(logits), x_adv)
+        with torch.no_grad():
+            x_adv = threat.project(threat.step(x_adv, grad), x)
+    return x_adv.detach()
 
 
 def deepfool(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int = 50,

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cache
-from .attacks import pgd
+from .attacks import pgd, sign_ascent
 
 __all__ = ["EVALUATIONS", "evaluate", "cw_loss", "EvalResult", "pgd_predictions"]
 
@@ -57,15 +57,14 @@ def cw_loss(logits: torch.Tensor, y: torch.Tensor, *, kappa: float = 50.0) -> to
 
 def _cw(model, x, y, *, eps: float, step_size: float, steps: int, kappa: float = 50.0, seed: int = 0, **_):
     g = torch.Generator(device=x.device).manual_seed(seed)
-    x_adv = (x + (2 * torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) - 1) * eps).clamp(0, 1)
+    start = (x + (2 * torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) - 1) * eps).clamp(0, 1)
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    for _ in range(steps):
-        x_adv = x_adv.detach().requires_grad_(True)
-        logits = model(x_adv)
-        robust &= logits.argmax(1) == y
-        (grad,) = torch.autograd.grad(cw_loss(logits, y, kappa=kappa), x_adv)
-        with torch.no_grad():
-            x_adv = torch.min(torch.max(x_adv + step_size * grad.sign(), x - eps), x + eps).clamp(0, 1)
+
+    def still_correct(logits):
+        robust.logical_and_(logits.argmax(1) == y)
+
+    x_adv = sign_ascent(model, x, start, objective=lambda logits: cw_loss(logits, y, kappa=kappa), eps=eps,
+                        step_size=step_size, steps=steps, observe=still_correct)
     with torch.no_grad():
         return robust & (model(x_adv).argmax(1) == y)
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reweight
-from .attacks import pgd
+from .attacks import pgd, sign_ascent
 
 __all__ = ["StepContext", "Objective", "OBJECTIVES", "kd_loss", "train_attack"]
 
@@ -112,17 +112,17 @@ def train_attack(model, x, y, cfg, ctx: StepContext, *, loss: str = "ce", start:
     with torch.no_grad():
         p_nat = F.softmax(model(x).float(), 1) if loss == "kl" else None
     kappa = torch.zeros(len(x), dtype=torch.long, device=x.device)
-    for _ in range(cfg.at_steps):
-        x_adv = x_adv.detach().requires_grad_(True)
-        out = model(x_adv).float()
-        if count:
-            kappa += (out.argmax(1) == y).long()
-        objective = (F.cross_entropy(out, y, reduction="sum") if loss == "ce"
-                     else F.kl_div(F.log_softmax(out, 1), p_nat, reduction="sum"))
-        (grad,) = torch.autograd.grad(objective, x_adv)
-        with torch.no_grad():
-            x_adv = x_adv + cfg.at_step_size * grad.sign()
-            x_adv = torch.min(torch.max(x_adv, x - cfg.at_eps), x + cfg.at_eps).clamp(0, 1)
+
+    def count_correct(logits):
+        kappa.add_((logits.argmax(1) == y).long())
+
+    def objective(logits):
+        logits = logits.float()
+        return (F.cross_entropy(logits, y, reduction="sum") if loss == "ce"
+                else F.kl_div(F.log_softmax(logits, 1), p_nat, reduction="sum"))
+
+    x_adv = sign_ascent(model, x, x_adv, objective=objective, eps=cfg.at_eps, step_size=cfg.at_step_size,
+                        steps=cfg.at_steps, observe=count_correct if count else None)
     model.train(was_training)
     x_adv = torch.min(torch.max(x_adv.detach(), x - cfg.at_eps), x + cfg.at_eps).clamp(0, 1)
     return x_adv.contiguous(memory_format=torch.channels_last), kappa

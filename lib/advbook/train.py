@@ -183,8 +183,13 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
     folder = cache.cache_dir("models") / f"{model_name}-{key}"
     final, last, meta_path = folder / "final.pt", folder / "last.pt", folder / "meta.json"
 
-    torch.manual_seed(seed)
-    model = build_model(model_name, num_classes=len(dataset.classes), mean=dataset.mean, std=dataset.std)
+    def initial():  # the seeded starting point, also after an unreadable resume file
+        torch.manual_seed(seed)
+        net = build_model(model_name, num_classes=len(dataset.classes), mean=dataset.mean, std=dataset.std)
+        return net, torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, nesterov=True)
+
+    model, opt = initial()
     meta = _load_final(final, model, meta_path)
     if meta is not None:
         return TrainedModel(model.to(device).eval(), key, final, meta, from_cache=True)
@@ -199,8 +204,6 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
     n = len(split)
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     total = cfg.epochs * steps_per_epoch
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay, nesterov=True)
     start_epoch, history, seconds, forked_from = 0, [], 0.0, None
     resume_from = last
     if not last.exists() and burn_in is not None and prefixes[cfg.reweight_from].exists():
@@ -215,10 +218,7 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
             forked_from = str(resume_from) if resume_from != last else state.get("forked_from")
         except (cache.CorruptCheckpoint, KeyError, RuntimeError, ValueError):
             resume_from.unlink(missing_ok=True)
-            torch.manual_seed(seed)  # the same initial weights as a run that never had this file
-            model = build_model(model_name, num_classes=len(dataset.classes), mean=dataset.mean, std=dataset.std)
-            opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                  weight_decay=cfg.weight_decay, nesterov=True)
+            model, opt = initial()
             start_epoch, history, seconds, forked_from = 0, [], 0.0, None
 
     model.to(device).to(memory_format=torch.channels_last)
