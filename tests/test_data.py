@@ -81,7 +81,7 @@ def test_bad_data_setting_fails_with_the_accepted_forms(tmp_path):
         data.load_cifar10(source=tmp_path / "x.zip")
     with pytest.raises(data.DatasetUnavailable, match=r"neither a cifar-10-batches-py folder nor an ImageFolder"):
         data.load_cifar10(source=tmp_path)
-    with pytest.raises(ValueError, match=r"unknown dataset 'mnist'; valid: cifar10, synthetic"):
+    with pytest.raises(ValueError, match=r"^unknown dataset 'mnist'; valid: cifar10, cifar100, svhn, synthetic, tinyimagenet$"):
         data.load_dataset("mnist")
 
 

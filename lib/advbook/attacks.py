@@ -17,7 +17,7 @@ Device and dtype are taken from ``x``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -106,14 +106,19 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str =
 
 
 def sign_ascent(model: torch.nn.Module, x: torch.Tensor, x_start: torch.Tensor, *, objective: Callable,
-                eps: float, step_size: float, steps: int, observe: Callable | None = None) -> torch.Tensor:
-    """L-inf ascent of ``objective(logits)`` (a scalar) from ``x_start``: sign steps of ``step_size``,
-    each projected on the ``eps``-ball around ``x`` and on [0, 1]. ``observe(logits)`` sees every
-    iterate's logits before its step. The loop behind the training attacks of TRADES-style
-    objectives and the CW evaluation, whose losses differ from :func:`pgd`'s cross-entropy."""
-    threat = get_threat("linf", eps=eps, step_size=step_size)
+                eps: float, step_size: float | Sequence[float], steps: int,
+                observe: Callable | None = None) -> torch.Tensor:
+    """L-inf ascent of ``objective(logits)`` (a scalar) from ``x_start``: sign steps of ``step_size``
+    (one number, or one per step for a schedule), each projected on the ``eps``-ball around ``x``
+    and on [0, 1]. ``observe(logits)`` sees every iterate's logits before its step. The loop behind
+    the training attacks of TRADES-style objectives, the CW evaluation and the MD attacks, whose
+    losses differ from :func:`pgd`'s cross-entropy."""
+    sizes = [float(step_size)] * steps if isinstance(step_size, (int, float)) else [float(s) for s in step_size]
+    if len(sizes) != steps:
+        raise ValueError(f"got {len(sizes)} step sizes for {steps} steps")
     x_adv = x_start
-    for _ in range(steps):
+    for size in sizes:
+        threat = get_threat("linf", eps=eps, step_size=max(size, 1e-12))
         x_adv = x_adv.detach().requires_grad_(True)
         logits = model(x_adv)
         if observe is not None:

@@ -172,6 +172,20 @@ def default_source() -> str | None:
     return str(beside) if beside.exists() else None
 
 
+def cached_splits(stem: str, build) -> dict:
+    """The decoded splits cached under ``data/<stem>.pt``; ``build()`` returns
+    ``{"train": (images, labels), "test": (images, labels)}`` when the cache has none."""
+    cached = cache.cache_dir("data") / f"{stem}.pt"
+    if cached.exists():
+        try:
+            return cache.load_checkpoint(cached)
+        except cache.CorruptCheckpoint:
+            cached.unlink()
+    state = {f"{s}_{k}": t for s, (i, l) in build().items() for k, t in (("images", i), ("labels", l))}
+    cache.save_checkpoint(cached, state)
+    return state
+
+
 def load_cifar10(*, source: str | os.PathLike | None = None) -> Dataset:
     """CIFAR-10 as uint8 tensors, decoded once and cached; ``source`` defaults to :func:`default_source`."""
     if source is None:
@@ -179,28 +193,18 @@ def load_cifar10(*, source: str | os.PathLike | None = None) -> Dataset:
     kind, name, path = _resolve_source(source)
     stamp = (path.stat().st_size, path.stat().st_mtime_ns) if path is not None else None
     key = cache.stable_hash({"kind": kind, "name": name, "path": str(path), "stamp": stamp, "v": _DECODER_VERSION})
-    cached = cache.cache_dir("data") / f"{name}-{key}.pt"
-    state = None
-    if cached.exists():
-        try:
-            state = cache.load_checkpoint(cached)
-        except cache.CorruptCheckpoint:
-            cached.unlink()
-    if state is None:
+    def build():
         if kind == "download":
             root = cache.cache_dir("data/torchvision")
             try:
-                splits = _read_torchvision(root, download=True)
+                return _read_torchvision(root, download=True)
             except Exception as exc:  # no network, refused, truncated download
                 raise DatasetUnavailable(HOW_TO_PROVIDE.format(cache=root, why=type(exc).__name__)) from None
-        elif kind == "torchvision":
-            splits = _read_torchvision(path, download=False)
-        elif kind == "tarball":
-            splits = _read_tarball(path)
-        else:
-            splits = _read_tree(path)
-        state = {f"{s}_{k}": t for s, (i, l) in splits.items() for k, t in (("images", i), ("labels", l))}
-        cache.save_checkpoint(cached, state)
+        if kind == "torchvision":
+            return _read_torchvision(path, download=False)
+        return _read_tarball(path) if kind == "tarball" else _read_tree(path)
+
+    state = cached_splits(f"{name}-{key}", build)
     train = Split(state["train_images"], state["train_labels"])
     test = Split(state["test_images"], state["test_labels"])
     return Dataset(name=name, source=str(path) if path else "torchvision download",
@@ -227,7 +231,15 @@ def synthetic(*, n_train: int = 200, n_test: int = 100, num_classes: int = 10, s
                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), train=train, test=test)
 
 
-DATASETS = {"cifar10": load_cifar10, "synthetic": synthetic}
+def _more(name: str):
+    def load() -> Dataset:
+        from . import more_data
+        return getattr(more_data, f"load_{name}")()
+    return load
+
+
+DATASETS = {"cifar10": load_cifar10, "synthetic": synthetic,
+            **{name: _more(name) for name in ("svhn", "cifar100", "tinyimagenet")}}
 
 
 def load_dataset(name: str) -> Dataset:

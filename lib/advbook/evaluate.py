@@ -13,9 +13,10 @@ already done; AutoAttack also keeps its own state file there, so it resumes betw
 * ``fmn``: foolbox's ``LInfFMNAttack`` (minimum norm, robust if no adversarial within ``eps``);
 * ``autoattack``: the faithful port ``pyautoattack`` (``version="standard"``, or ``"custom"``:
   the standard version's settings restricted to the listed ``parts``, a reduced, labelled budget);
-* ``square``: pyautoattack's Square attack with ``n_queries`` queries (black box).
-
-SPSA and MDE are not implemented yet; asking for them fails with the valid choices.
+* ``square``: pyautoattack's Square attack with ``n_queries`` queries (black box);
+* ``spsa``: gradient-free SPSA (:mod:`advbook.spsa`; black box);
+* ``mde``: the margin-decomposition ensemble (:mod:`advbook.mde`): APGD-CE, MD, MD-MT and FAB-T
+  chained, each on the samples the previous parts left robust; ``parts`` picks a subset.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ import torch.nn.functional as F
 
 from . import cache
 from .attacks import pgd, sign_ascent
+from .mde import md_attack, md_targets
+from .spsa import spsa_attack
 
 __all__ = ["EVALUATIONS", "evaluate", "cw_loss", "EvalResult", "pgd_predictions"]
 
@@ -88,6 +91,10 @@ def _autoattack(model, x, y, *, eps: float, version: str = "standard", parts: li
     if version == "custom":  # the standard version's settings (one restart, 9 targets) on a subset
         adversary._set_version("standard")
         adversary.attacks_to_run = list(parts)
+    with torch.no_grad():
+        n_classes = model(x[:1]).shape[1]
+    for targeted in (adversary.fab, adversary.apgd_targeted):  # 9 targets, or all there are
+        targeted.n_target_classes = min(targeted.n_target_classes, n_classes - 1)
     x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state_path)
     with torch.no_grad():
         return model(x_adv.to(x.device)).argmax(1) == y
@@ -103,8 +110,51 @@ def _square(model, x, y, *, eps: float, n_queries: int, seed: int = 0, **_):
         return model(x_adv).argmax(1) == y
 
 
+def _spsa(model, x, y, *, eps: float, steps: int, samples: int, delta: float = 0.001, lr: float = 0.01,
+          seed: int = 0, **_):
+    return spsa_attack(model, x, y, eps=eps, steps=steps, samples=samples, delta=delta, lr=lr, seed=seed)
+
+
+MDE_PARTS = ("apgd-ce", "md", "mdmt", "fab-t")
+
+
+def _mde(model, x, y, *, eps: float, parts: list | tuple = MDE_PARTS, steps: int = 50, change_point: int = 20,
+         n_targets: int = 9, seed: int = 0, batch_size: int = 250, **_):
+    robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    md = dict(eps=eps, steps=steps, change_point=change_point, seed=seed)
+    for part in parts:
+        idx = robust.nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        xs, ys = x[idx], y[idx]
+        if part in ("apgd-ce", "fab-t"):
+            r = _autoattack(model, xs, ys, eps=eps, version="custom", parts=[part], seed=seed, batch_size=batch_size)
+        elif part == "md":
+            r = md_attack(model, xs, ys, **md)
+        else:  # mdmt: one targeted MD per target, each on the samples still robust
+            targets = md_targets(model, xs, ys, n_targets=n_targets)
+            r = torch.ones(len(xs), dtype=torch.bool, device=x.device)
+            for k in range(n_targets):
+                sub = r.nonzero().squeeze(1)
+                if len(sub):
+                    r[sub] = md_attack(model, xs[sub], ys[sub], target=targets[sub, k], **md)
+        robust[idx] = r
+    return robust
+
+
 EVALUATIONS: dict[str, Callable] = {"fgsm": _fgsm, "pgd": _pgd, "cw": _cw, "fmn": _fmn,
-                                    "autoattack": _autoattack, "square": _square}
+                                    "autoattack": _autoattack, "square": _square, "spsa": _spsa, "mde": _mde}
+
+
+def _check(attacks: dict[str, dict]) -> None:
+    bad = sorted({name.split(":")[0] for name in attacks} - set(EVALUATIONS))
+    if bad:
+        raise ValueError(f"unknown evaluation(s) {', '.join(bad)}; valid: {', '.join(EVALUATIONS)}")
+    for name, settings in attacks.items():
+        if name.split(":")[0] == "mde":
+            wrong = sorted(set(settings.get("parts", MDE_PARTS)) - set(MDE_PARTS))
+            if wrong:
+                raise ValueError(f"unknown MDE part(s) {', '.join(wrong)}; valid: {', '.join(MDE_PARTS)}")
 
 
 @dataclasses.dataclass
@@ -123,9 +173,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: dict[str, dict
              resume_dir: str | Path | None = None) -> EvalResult:
     """Run ``attacks`` (name -> settings; names from :data:`EVALUATIONS`, a name may carry a
     suffix after ``:``, e.g. ``"pgd:20"``) on inputs ``x`` in [0, 1] with labels ``y``."""
-    bad = sorted({name.split(":")[0] for name in attacks} - set(EVALUATIONS))
-    if bad:
-        raise ValueError(f"unknown evaluation(s) {', '.join(bad)}; valid: {', '.join(EVALUATIONS)}")
+    _check(attacks)
     model.eval()
     y = y.to(x.device)
     folder = Path(resume_dir) if resume_dir is not None else None

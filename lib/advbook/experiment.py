@@ -189,7 +189,24 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "aa_version": Param(str, "AutoAttack version", choices=("standard", "custom")),
         "aa_parts": Param(list, "AutoAttack's attacks when aa_version=custom",
                           choices=("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")),
+        "mde_parts": Param(list, "the MDE ensemble's attacks (paper: all four)", choices=("apgd-ce", "md", "mdmt", "fab-t")),
+        "mde_steps": Param(int, "steps of each MD run (reference: 50)", 2, 10000),
+        "mde_change_point": Param(int, "MD steps on one margin term before the full margin (reference: 20)", 1, 10000),
+        "mde_targets": Param(int, "MD-MT target classes (reference: 9)", 1, 199),
         "eval_batch_size": Param(int, "images per attack batch", 1, 10000),
+        "n_black": Param(int, "test images for the black-box attacks (the first of the n_eval subset per class)",
+                         10, 10000),
+        "square_queries": Param(int, "Square attack queries (paper: 5000)", 1, 100000),
+        "spsa_steps": Param(int, "SPSA iterations (paper: 100)", 1, 10000),
+        "spsa_samples": Param(int, "SPSA directions per gradient estimate (paper: 256)", 1, 100000),
+    },
+    "vir_scale": {
+        "seed": _COMMON["seed"], "device": _COMMON["device"],
+        "tables": Param(list, "tables to regenerate", choices=("T2", "T3", "T4", "T5")),
+        "wide_model": Param(str, "architecture of Tables 2 and 5 (paper: wrn34_10); 'none': Table 2 is not run "
+                                 "and Table 5 attacks vir_main's models", choices=("none",) + tuple(MODELS)),
+        "datasets": Param(list, "datasets of Tables 3-4, each run only where it is available",
+                          choices=("svhn", "cifar100", "tinyimagenet")),
     },
     "vir_ablation": {
         "seed": _COMMON["seed"], "device": _COMMON["device"],
@@ -203,7 +220,6 @@ SCHEMAS: dict[str, dict[str, Param]] = {
                                item=float),
         "trades_gammas": Param(list, "VIR-TRADES gamma values at the default alpha (Table 12)", 0.0, 1000.0,
                                item=float),
-        "square_queries": Param(int, "Square attack queries in Tables 6-7 (paper: 5000)", 1, 100000),
     },
     "hol_toy": {
         "seed": _COMMON["seed"], "device": _COMMON["device"],

@@ -98,3 +98,42 @@ def show_image(path: str | Path):
     from IPython.display import Image, display
 
     display(Image(filename=str(path)))
+
+
+def paper_beside_ours(results: pd.DataFrame, artifact_id: str, *, row: str, label: str,
+                      evaluations: list[str], rows: list[str] | None = None) -> pd.DataFrame:
+    """The paper's table (``mean ± std``) beside ours (mean, ± std when there are several seeds):
+    one row per ``row`` value, a (paper, ours) column pair per evaluation; cells of ours that the
+    profile did not run read "not run", and evaluations the paper lacks read "—". ``results`` has
+    columns ``row``, evaluation, accuracy and seed."""
+    paper = paper_result(artifact_id)
+    pt = pd.DataFrame(paper["rows"], columns=paper["columns"]).rename(columns={paper["columns"][0]: row})
+    out: dict = {}
+    for _, r in pt.iterrows():
+        out.setdefault(r[row], {})[("paper", r.evaluation)] = f"{r['mean']:.2f} ± {r['std']:.2f}"
+    if len(results):
+        n_seeds = results["seed"].nunique()
+        agg = results.groupby([row, "evaluation"], sort=False)["accuracy"].agg(["mean", "std"])
+        for (key, evaluation), r in agg.iterrows():
+            out.setdefault(key, {})[(label, evaluation)] = (f"{r['mean']:.1f} ± {r['std']:.1f}" if n_seeds > 1
+                                                            else f"{r['mean']:.1f}")
+    frame = pd.DataFrame(out).T
+    cols = [(w, e) for e in evaluations for w in ("paper", label)]
+    frame = frame.reindex(columns=pd.MultiIndex.from_tuples(cols))
+    if rows is not None:
+        frame = frame.reindex(rows)
+    for col in frame.columns:
+        frame[col] = frame[col].fillna("—" if col[0] == "paper" else "not run")
+    return frame
+
+
+def best_rows(results: pd.DataFrame, artifact_id: str, *, row: str) -> pd.DataFrame:
+    """Per evaluation that both have: the paper's best ``row`` value and ours (mean over seeds),
+    and whether they agree."""
+    paper = paper_result(artifact_id)
+    pt = pd.DataFrame(paper["rows"], columns=paper["columns"]).rename(columns={paper["columns"][0]: row})
+    best_paper = pt.pivot(index=row, columns="evaluation", values="mean").idxmax()
+    best_ours = results.groupby([row, "evaluation"])["accuracy"].mean().unstack().idxmax()
+    both = [e for e in best_paper.index if e in best_ours.index]
+    return pd.DataFrame({"paper": best_paper[both], "ours": best_ours[both],
+                         "agree": best_paper[both] == best_ours[both]}).rename_axis("evaluation")
