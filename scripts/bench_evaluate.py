@@ -42,9 +42,12 @@ def main() -> None:
     suite = {"fgsm": dict(eps=eps), "pgd": dict(eps=eps, step_size=1 / 255, steps=20),
              "cw": dict(eps=eps, step_size=1 / 255, steps=20), "fmn": dict(eps=eps, steps=20),
              "autoattack": dict(eps=eps, version="custom", parts=["apgd-ce", "apgd-dlr"]),
-             "square": dict(eps=eps, n_queries=300)}
+             "square": dict(eps=eps, n_queries=300),
+             "mde": dict(eps=eps, parts=["md", "mdmt"], steps=20, change_point=8, n_targets=3),
+             "spsa": dict(eps=eps, steps=20, samples=32)}
     labels = {"fgsm": "FGSM", "pgd": "PGD-20 (1/255)", "cw": "CW loss, PGD-20", "fmn": "FMN L∞, 20 steps (foolbox)",
-              "autoattack": "AutoAttack: APGD-CE + APGD-DLR (pyautoattack)", "square": "Square, 300 queries (pyautoattack)"}
+              "autoattack": "AutoAttack: APGD-CE + APGD-DLR (pyautoattack)", "square": "Square, 300 queries (pyautoattack)",
+              "mde": "MDE: MD + MD-MT (3 targets), 20 steps each", "spsa": "SPSA, 20 steps × 32 directions"}
     evaluate.evaluate(model, x[:8], y[:8], attacks={"pgd": suite["pgd"]})  # warm-up
     result = evaluate.evaluate(model, x, y, attacks=suite, batch_size=len(x))
     acc = result.accuracy()
