@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .threats import get_threat
 
-__all__ = ["AttackResult", "pgd", "sign_ascent", "deepfool", "ATTACKS", "get_attack", "run_batched"]
+__all__ = ["AttackResult", "margin", "without_true", "pgd", "sign_ascent", "deepfool", "ATTACKS", "get_attack", "run_batched"]
 
 
 @dataclasses.dataclass
@@ -40,6 +40,16 @@ class AttackResult:
     def cat(parts: list["AttackResult"]) -> "AttackResult":
         return AttackResult(*(torch.cat([getattr(p, f.name) for p in parts])
                               for f in dataclasses.fields(AttackResult)))
+
+
+def without_true(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``scores`` (N, C) with each sample's true class set to -inf: for the best or ranked wrong class."""
+    return scores.scatter(1, y[:, None], float("-inf"))
+
+
+def margin(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``s_y - max_{j != y} s_j``: negative exactly when the sample is misclassified."""
+    return scores.gather(1, y[:, None]).squeeze(1) - without_true(scores, y).amax(1)
 
 
 def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -151,7 +161,7 @@ def deepfool(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps:
     if not 2 <= k <= logits0.shape[1]:
         raise ValueError(f"candidates must be in [2, {logits0.shape[1]}], got {candidates}")
     # the k-1 other classes ranked highest on the clean input, per sample
-    masked = logits0.scatter(1, y[:, None], float("-inf"))
+    masked = without_true(logits0, y)
     others = masked.argsort(dim=1, descending=True)[:, : k - 1]
     x_adv = x.clone()
     p_total = torch.zeros_like(x)

@@ -119,3 +119,25 @@ def attack_suite(params: dict, names: tuple[str, ...] = ("fgsm", "pgd", "cw", "f
         "spsa": dict(eps=eps, steps=params["spsa_steps"], samples=params["spsa_samples"], seed=seed),
     }
     return {name: every[name] for name in names}
+
+
+def train_and_evaluate(names, *, params: dict, dataset: Dataset, seeds: list[int], device, index: torch.Tensor,
+                       attacks: dict, on_model=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train ``names`` with ``params`` on ``dataset`` for every seed (cached, shared burn-ins) and
+    evaluate them on the test images at ``index``. Returns (accuracy rows without ``worst``,
+    per-sample flags), both with ``defense`` and ``seed`` columns; ``on_model`` sees each model
+    (e.g. a run's ``use_model`` for provenance)."""
+    from .data import to_float
+
+    x = to_float(dataset.test.images[index]).to(device)
+    y = dataset.test.labels[index]
+    parts = []
+    for seed in seeds:
+        trained = train_defenses(names, params=params, dataset=dataset, seed=seed, device=device)
+        for m in trained.values():
+            if on_model is not None:
+                on_model(m)
+        parts.append(evaluate_models(trained, x=x, y=y, index=index, attacks=attacks,
+                                     batch_size=params["eval_batch_size"], seed=seed)[:2])
+    results, flags = (pd.concat(p, ignore_index=True).rename(columns={"model": "defense"}) for p in zip(*parts))
+    return results[results.evaluation != "worst"], flags

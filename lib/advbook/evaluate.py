@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cache
-from .attacks import pgd, sign_ascent
+from .attacks import margin, pgd, sign_ascent
 from .mde import md_attack, md_targets
 from .spsa import spsa_attack
 
@@ -53,9 +53,7 @@ def _pgd(model, x, y, *, eps: float, step_size: float, steps: int, seed: int = 0
 
 def cw_loss(logits: torch.Tensor, y: torch.Tensor, *, kappa: float = 50.0) -> torch.Tensor:
     """Summed CW margin loss ``-clamp(z_y - max_{j != y} z_j + kappa, min=0)``, to be maximised."""
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-    return -(z_y - other + kappa).clamp(min=0).sum()
+    return -(margin(logits, y) + kappa).clamp(min=0).sum()
 
 
 def _cw(model, x, y, *, eps: float, step_size: float, steps: int, kappa: float = 50.0, seed: int = 0, **_):

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .attacks import sign_ascent
+from .attacks import sign_ascent, without_true
 
 __all__ = ["step_sizes", "md_attack", "md_targets"]
 
@@ -44,7 +44,7 @@ def step_sizes(*, eps: float, steps: int, change_point: int) -> list[float]:
 def _terms(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None):
     z_y = logits.gather(1, y[:, None]).squeeze(1)
     if target is None:
-        z_t = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+        z_t = without_true(logits, y).amax(1)
     else:
         z_t = logits.gather(1, target[:, None]).squeeze(1)
     return z_y, z_t
@@ -84,5 +84,5 @@ def md_targets(model, x: torch.Tensor, y: torch.Tensor, *, n_targets: int) -> to
         logits = model(x)
     if not 1 <= n_targets < logits.shape[1]:
         raise ValueError(f"n_targets must be in [1, {logits.shape[1] - 1}], got {n_targets}")
-    ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)
+    ranked = without_true(logits, y).argsort(1, descending=True)
     return ranked[:, :n_targets]

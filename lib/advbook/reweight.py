@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .attacks import margin
+
 __all__ = ["gair_weights", "probability_margin", "mail_weights", "vir_parts", "kl_per_sample"]
 
 
@@ -36,10 +38,7 @@ def gair_weights(kappa: torch.Tensor, *, steps: int, lam: float) -> torch.Tensor
 @torch.no_grad()
 def probability_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``p_y - max_{j != y} p_j`` per sample (in [-1, 1]; negative means misclassified)."""
-    p = logits.float().softmax(1)
-    p_y = p.gather(1, y[:, None]).squeeze(1)
-    other = p.scatter(1, y[:, None], float("-inf")).amax(1)
-    return p_y - other
+    return margin(logits.float().softmax(1), y)
 
 
 @torch.no_grad()

@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from .attacks import margin
+
 __all__ = ["margin", "spsa_gradient", "spsa_attack"]
-
-
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``z_y - max_{j != y} z_j``: negative exactly when the sample is misclassified."""
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    return z_y - logits.scatter(1, y[:, None], float("-inf")).amax(1)
 
 
 @torch.no_grad()
