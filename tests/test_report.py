@@ -55,3 +55,35 @@ def test_paper_results_are_recorded_with_their_source():
 def test_compare_labels_the_profile_and_dataset(run):
     table = report.compare(run, [("x", "low", 0.1)], paper_label="HOL Fig. 2")
     assert list(table.columns) == ["quantity", "paper (HOL Fig. 2)", "reproduced (smoke profile, synthetic)"]
+
+
+def _ours(rows):
+    return pd.DataFrame(rows, columns=["variant", "evaluation", "accuracy", "seed"])
+
+
+def test_paper_beside_ours_one_seed_shows_the_mean_and_fills_gaps():
+    ours = _ours([["plain", "pgd", 40.0, 0], ["full", "pgd", 42.5, 0], ["full", "mde", 30.0, 0]])
+    frame = report.paper_beside_ours(ours, "VIR-T6", row="variant", label="ours", evaluations=["pgd", "mde"],
+                                     rows=["plain", "sv", "full"])
+    assert list(frame.index) == ["plain", "sv", "full"]
+    assert frame.loc["plain", ("paper", "pgd")] == "51.58 ± 0.17"
+    assert frame.loc["full", ("ours", "pgd")] == "42.5"          # one seed: no ± at all
+    assert frame.loc["sv", ("ours", "pgd")] == "not run"         # ours lacks it
+    assert frame.loc["full", ("paper", "mde")] == "—"            # the paper lacks it
+
+
+def test_paper_beside_ours_several_seeds_shows_mean_and_sample_std():
+    ours = _ours([["full", "pgd", 40.0, 0], ["full", "pgd", 44.0, 1], ["plain", "pgd", 41.0, 0], ["plain", "pgd", 41.0, 1]])
+    frame = report.paper_beside_ours(ours, "VIR-T6", row="variant", label="ours", evaluations=["pgd"])
+    assert frame.loc["full", ("ours", "pgd")] == "42.0 ± 2.8"     # std with ddof=1: sqrt(8)
+    assert frame.loc["plain", ("ours", "pgd")] == "41.0 ± 0.0"
+
+
+def test_best_rows_compares_the_argmax_over_seed_means():
+    # The paper's best is "full" under pgd and cw. Ours: full under pgd (mean 50 > 45), sv under cw.
+    ours = _ours([["full", "pgd", 48.0, 0], ["full", "pgd", 52.0, 1], ["sv", "pgd", 55.0, 0], ["sv", "pgd", 35.0, 1],
+                  ["full", "cw", 30.0, 0], ["full", "cw", 30.0, 1], ["sv", "cw", 31.0, 0], ["sv", "cw", 31.0, 1]])
+    best = report.best_rows(ours, "VIR-T6", row="variant")
+    assert set(best.index) == {"pgd", "cw"}                       # only the evaluations both have
+    assert best.loc["pgd", "paper"] == "full" and best.loc["pgd", "ours"] == "full" and best.loc["pgd", "agree"]
+    assert best.loc["cw", "paper"] == "full" and best.loc["cw", "ours"] == "sv" and not best.loc["cw", "agree"]

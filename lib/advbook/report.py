@@ -122,6 +122,7 @@ def paper_beside_ours(results: pd.DataFrame, artifact_id: str, *, row: str, labe
     frame = frame.reindex(columns=pd.MultiIndex.from_tuples(cols))
     if rows is not None:
         frame = frame.reindex(rows)
+    frame = frame.astype(object)        # all-missing columns are float; the fill below is text
     for col in frame.columns:
         frame[col] = frame[col].fillna("—" if col[0] == "paper" else "not run")
     return frame
