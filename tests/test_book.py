@@ -16,6 +16,7 @@ from advbook import experiment, report
 
 REPO = Path(__file__).resolve().parents[1]
 WRITES = re.compile(r"write_artifact\(\s*run,\s*\"([A-Z]{3}-[FT]\d+)\"")
+CATALOGUE = REPO.parent / "shared" / "ARTIFACTS.md"
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +45,15 @@ def notebooks():
     return [REPO / profiles[name]["notebook"] for name in experiment.SCHEMAS]
 
 
+def written_ids(root: Path, nb_path: Path) -> list[str]:
+    """The artifacts a notebook wrote: its literal ``write_artifact(run, "ID"`` calls, and every
+    provenance file of the smoke build whose experiment is this notebook's (IDs built at run time)."""
+    source = "".join("".join(c["source"]) for c in json.loads(nb_path.read_text())["cells"])
+    names = [n for n, p in experiment.load_profiles().items() if p["notebook"].endswith(nb_path.name)]
+    provs = [json.loads(p.read_text()) for p in (root / "artifacts" / "smoke").glob("*.provenance.json")]
+    return sorted(set(WRITES.findall(source)) | {p["artifact"] for p in provs if p["experiment"] in names})
+
+
 def test_every_notebook_has_a_parameters_cell_and_is_listed_in_the_toc():
     toc = (REPO / "_toc.yml").read_text()
     for nb_path in notebooks():
@@ -63,8 +73,7 @@ def test_every_artifact_has_its_files_and_is_shown_in_the_html(built_book):
     for nb_path in notebooks():
         executed = built_book / "book" / "executed" / nb_path.name
         assert executed.exists(), f"{nb_path.name} was not executed"
-        source = "".join("".join(c["source"]) for c in json.loads(executed.read_text())["cells"])
-        ids = WRITES.findall(source)
+        ids = written_ids(built_book, executed)
         assert ids, f"{nb_path.name} writes no artifact"
         html = (built_book / "_build" / "html" / "book" / "executed" / f"{nb_path.stem}.html").read_text()
         soup = BeautifulSoup(html, "html.parser")
@@ -90,6 +99,17 @@ def test_every_artifact_has_its_files_and_is_shown_in_the_html(built_book):
                 assert section.find("table") is not None, f"{artifact_id}: no table under its label"
             found += 1
     assert found >= 1
+
+
+def test_every_catalogued_artifact_of_a_built_chapter_is_written(built_book):
+    """A chapter (HOL, VIR, ...) that has a page must write every artifact the catalogue lists for it."""
+    if not CATALOGUE.exists():
+        pytest.skip(f"no artifact catalogue at {CATALOGUE}")
+    catalogue = set(re.findall(r"^\| ([A-Z]{3}-[FT]\d+) \|", CATALOGUE.read_text(), flags=re.M))
+    written = {i for nb in notebooks() for i in written_ids(built_book, built_book / "book" / "executed" / nb.name)}
+    chapters = {i.split("-")[0] for i in written}
+    missing = sorted(i for i in catalogue if i.split("-")[0] in chapters and i not in written)
+    assert chapters >= {"HOL", "VIR"} and not missing, f"catalogued but not written: {missing}"
 
 
 def test_pages_show_no_errors_and_label_the_profile(built_book):
