@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .threats import get_threat
 
-__all__ = ["AttackResult", "margin", "without_true", "pgd", "sign_ascent", "deepfool", "ATTACKS", "get_attack", "run_batched"]
+__all__ = ["AttackResult", "margin", "without_true", "linf_start", "pgd", "sign_ascent", "deepfool", "ATTACKS", "get_attack", "run_batched"]
 
 
 @dataclasses.dataclass
@@ -50,6 +50,12 @@ def without_true(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def margin(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-sample ``s_y - max_{j != y} s_j``: negative exactly when the sample is misclassified."""
     return scores.gather(1, y[:, None]).squeeze(1) - without_true(scores, y).amax(1)
+
+
+def linf_start(x: torch.Tensor, *, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A uniform random point of the L-inf ``eps``-ball around ``x``, clipped to [0, 1] (the L-inf
+    threat model's ``init``): the random start of the CW, MD, SPSA and training attacks."""
+    return get_threat("linf", eps=eps, step_size=eps).init(x, generator=generator)
 
 
 def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:

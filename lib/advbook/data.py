@@ -30,6 +30,7 @@ from . import cache
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "Split", "Dataset", "DatasetUnavailable",
     "load_cifar10", "load_dataset", "balanced_subset", "synthetic", "to_float", "tensor_checksum", "DATASETS",
+    "cached_splits", "from_state",
 ]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -186,6 +187,16 @@ def cached_splits(stem: str, build) -> dict:
     return state
 
 
+def from_state(state: dict, *, name: str, path: Path | None, classes, mean, std) -> Dataset:
+    """The :class:`Dataset` of splits returned by :func:`cached_splits`, with its checksum; ``path``
+    is the local copy it came from (None: a torchvision download)."""
+    train = Split(state["train_images"], state["train_labels"])
+    test = Split(state["test_images"], state["test_labels"])
+    return Dataset(name=name, source=str(path) if path else "torchvision download",
+                   checksum=tensor_checksum(train.images, train.labels, test.images, test.labels),
+                   classes=tuple(classes), mean=mean, std=std, train=train, test=test)
+
+
 def load_cifar10(*, source: str | os.PathLike | None = None) -> Dataset:
     """CIFAR-10 as uint8 tensors, decoded once and cached; ``source`` defaults to :func:`default_source`."""
     if source is None:
@@ -204,12 +215,8 @@ def load_cifar10(*, source: str | os.PathLike | None = None) -> Dataset:
             return _read_torchvision(path, download=False)
         return _read_tarball(path) if kind == "tarball" else _read_tree(path)
 
-    state = cached_splits(f"{name}-{key}", build)
-    train = Split(state["train_images"], state["train_labels"])
-    test = Split(state["test_images"], state["test_labels"])
-    return Dataset(name=name, source=str(path) if path else "torchvision download",
-                   checksum=tensor_checksum(train.images, train.labels, test.images, test.labels),
-                   classes=CIFAR10_CLASSES, mean=CIFAR10_MEAN, std=CIFAR10_STD, train=train, test=test)
+    return from_state(cached_splits(f"{name}-{key}", build), name=name, path=path, classes=CIFAR10_CLASSES,
+                      mean=CIFAR10_MEAN, std=CIFAR10_STD)
 
 
 def synthetic(*, n_train: int = 200, n_test: int = 100, num_classes: int = 10, size: int = 8,

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import Dataset, balanced_subset
+from . import cache, evaluate
+from .data import Dataset, balanced_subset, to_float
 from .objectives import OBJECTIVES
 from .train import TrainConfig, TrainedModel, train_model
 
@@ -90,8 +91,6 @@ def evaluate_models(models: dict, *, x: torch.Tensor, y: torch.Tensor, index: to
     same inputs (``index``: their positions in the test set). Flags are cached per model key and
     subset, so a model that another page already evaluated costs nothing. Returns (accuracy rows,
     per-sample flags, seconds), each with a ``model`` column and the extra ``labels`` columns."""
-    from . import cache, evaluate
-
     tag = cache.stable_hash(index.tolist())
     rows, flags, seconds = [], [], []
     for name, m in models.items():
@@ -127,8 +126,6 @@ def train_and_evaluate(names, *, params: dict, dataset: Dataset, seeds: list[int
     evaluate them on the test images at ``index``. Returns (accuracy rows without ``worst``,
     per-sample flags), both with ``defense`` and ``seed`` columns; ``on_model`` sees each model
     (e.g. a run's ``use_model`` for provenance)."""
-    from .data import to_float
-
     x = to_float(dataset.test.images[index]).to(device)
     y = dataset.test.labels[index]
     parts = []

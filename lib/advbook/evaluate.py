@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cache
-from .attacks import margin, pgd, sign_ascent
+from .attacks import linf_start, margin, pgd, sign_ascent
 from .mde import md_attack, md_targets
 from .spsa import spsa_attack
 
@@ -58,7 +58,7 @@ def cw_loss(logits: torch.Tensor, y: torch.Tensor, *, kappa: float = 50.0) -> to
 
 def _cw(model, x, y, *, eps: float, step_size: float, steps: int, kappa: float = 50.0, seed: int = 0, **_):
     g = torch.Generator(device=x.device).manual_seed(seed)
-    start = (x + (2 * torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) - 1) * eps).clamp(0, 1)
+    start = linf_start(x, eps=eps, generator=g)
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
 
     def still_correct(logits):

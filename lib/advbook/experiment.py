@@ -26,6 +26,7 @@ from .attacks import ATTACKS
 from .data import DATASETS
 from .defenses import DEFENSES
 from .distill import SELECTIONS
+from .evaluate import MDE_PARTS
 from .models import MODELS
 from .threats import THREATS
 
@@ -189,7 +190,7 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "aa_version": Param(str, "AutoAttack version", choices=("standard", "custom")),
         "aa_parts": Param(list, "AutoAttack's attacks when aa_version=custom",
                           choices=("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")),
-        "mde_parts": Param(list, "the MDE ensemble's attacks (paper: all four)", choices=("apgd-ce", "md", "mdmt", "fab-t")),
+        "mde_parts": Param(list, "the MDE ensemble's attacks (paper: all four)", choices=MDE_PARTS),
         "mde_steps": Param(int, "steps of each MD run (reference: 50)", 2, 10000),
         "mde_change_point": Param(int, "MD steps on one margin term before the full margin (reference: 20)", 1, 10000),
         "mde_targets": Param(int, "MD-MT target classes (reference: 9)", 1, 199),

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .attacks import sign_ascent, without_true
+from .attacks import linf_start, sign_ascent, without_true
 
 __all__ = ["step_sizes", "md_attack", "md_targets"]
 
@@ -63,8 +63,7 @@ def md_attack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int
 
     for _ in range(max(restarts, 1)):
         for rnd in (0, 1):
-            noise = torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype)
-            x_adv = (x + (2 * noise - 1) * eps).clamp(0, 1)
+            x_adv = linf_start(x, eps=eps, generator=g)
             stages = [  # (objective on the terms, steps of the schedule it takes)
                 (lambda z_y, z_t: z_y, sizes[:1]),
                 ((lambda z_y, z_t: z_t) if rnd else (lambda z_y, z_t: -z_y), sizes[1:change_point]),

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import cache
-from .data import Dataset, DatasetUnavailable, Split, cached_splits, tensor_checksum
+from .data import Dataset, DatasetUnavailable, cached_splits, from_state
 
 __all__ = ["load_svhn", "load_cifar100", "load_tinyimagenet", "ENV"]
 
@@ -67,12 +67,8 @@ def _source(name: str, source) -> Path | None:
 
 
 def _dataset(name: str, path: Path | None, classes, splits_state: dict) -> Dataset:
-    train = Split(splits_state["train_images"], splits_state["train_labels"])
-    test = Split(splits_state["test_images"], splits_state["test_labels"])
     mean, std = _STATS[name]
-    return Dataset(name=name, source=str(path) if path else "torchvision download",
-                   checksum=tensor_checksum(train.images, train.labels, test.images, test.labels),
-                   classes=tuple(classes), mean=mean, std=std, train=train, test=test)
+    return from_state(splits_state, name=name, path=path, classes=classes, mean=mean, std=std)
 
 
 def _stem(name: str, path: Path | None) -> str:

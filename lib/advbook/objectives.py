@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reweight
-from .attacks import pgd, sign_ascent
+from .attacks import linf_start, pgd, sign_ascent
 
 __all__ = ["StepContext", "Objective", "OBJECTIVES", "kd_loss", "train_attack"]
 
@@ -101,8 +101,7 @@ def train_attack(model, x, y, cfg, ctx: StepContext, *, loss: str = "ce", start:
     model.eval()
     g = torch.Generator(device=x.device).manual_seed(ctx.seed)
     if start == "uniform":
-        noise = torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype)
-        x_adv = (x + (2 * noise - 1) * cfg.at_eps).clamp(0, 1)
+        x_adv = linf_start(x, eps=cfg.at_eps, generator=g)
     elif start == "gauss":
         x_adv = x + 0.001 * torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
     else:
@@ -179,7 +178,7 @@ def _mail_at(model, x, y, cfg, ctx):
     return (F.cross_entropy(logits_adv, y, reduction="none") * w).mean(), logits_adv, record
 
 
-_VIR_USE = {"full": lambda p: p["w"], "sv": lambda p: p["S_v"], "sd": lambda p: p["S_d"]}
+VIR_USE = {"full": lambda p: p["w"], "sv": lambda p: p["S_v"], "sd": lambda p: p["S_d"]}
 
 
 def _vir_weights(model, x, x_adv, y, cfg):
@@ -187,7 +186,7 @@ def _vir_weights(model, x, x_adv, y, cfg):
     picks the full weight or one factor alone (the ablations of VIR Tables 6–7)."""
     logits_nat, logits_adv = _eval_logits(model, x, x_adv)
     parts = reweight.vir_parts(logits_nat, logits_adv, y, alpha=cfg.vir_alpha, gamma=cfg.vir_gamma, beta=cfg.vir_beta)
-    w = _VIR_USE[cfg.vir_use](parts)
+    w = VIR_USE[cfg.vir_use](parts)
     return w, {**parts, "w": w}  # the record holds the weight actually applied
 
 

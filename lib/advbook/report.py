@@ -100,14 +100,19 @@ def show_image(path: str | Path):
     display(Image(filename=str(path)))
 
 
+def _paper_frame(artifact_id: str, row: str) -> pd.DataFrame:
+    """The paper's rows of ``artifact_id`` (columns: ``row``, evaluation, mean, std)."""
+    paper = paper_result(artifact_id)
+    return pd.DataFrame(paper["rows"], columns=paper["columns"]).rename(columns={paper["columns"][0]: row})
+
+
 def paper_beside_ours(results: pd.DataFrame, artifact_id: str, *, row: str, label: str,
                       evaluations: list[str], rows: list[str] | None = None) -> pd.DataFrame:
     """The paper's table (``mean ± std``) beside ours (mean, ± std when there are several seeds):
     one row per ``row`` value, a (paper, ours) column pair per evaluation; cells of ours that the
     profile did not run read "not run", and evaluations the paper lacks read "—". ``results`` has
     columns ``row``, evaluation, accuracy and seed."""
-    paper = paper_result(artifact_id)
-    pt = pd.DataFrame(paper["rows"], columns=paper["columns"]).rename(columns={paper["columns"][0]: row})
+    pt = _paper_frame(artifact_id, row)
     out: dict = {}
     for _, r in pt.iterrows():
         out.setdefault(r[row], {})[("paper", r.evaluation)] = f"{r['mean']:.2f} ± {r['std']:.2f}"
@@ -131,8 +136,7 @@ def paper_beside_ours(results: pd.DataFrame, artifact_id: str, *, row: str, labe
 def best_rows(results: pd.DataFrame, artifact_id: str, *, row: str) -> pd.DataFrame:
     """Per evaluation that both have: the paper's best ``row`` value and ours (mean over seeds),
     and whether they agree."""
-    paper = paper_result(artifact_id)
-    pt = pd.DataFrame(paper["rows"], columns=paper["columns"]).rename(columns={paper["columns"][0]: row})
+    pt = _paper_frame(artifact_id, row)
     best_paper = pt.pivot(index=row, columns="evaluation", values="mean").idxmax()
     best_ours = results.groupby([row, "evaluation"])["accuracy"].mean().unstack().idxmax()
     both = [e for e in best_paper.index if e in best_ours.index]

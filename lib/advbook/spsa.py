@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from .attacks import margin
+from .attacks import linf_start, margin
 
-__all__ = ["margin", "spsa_gradient", "spsa_attack"]
+__all__ = ["spsa_gradient", "spsa_attack"]
 
 
 @torch.no_grad()
@@ -43,8 +43,7 @@ def spsa_attack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: i
                 delta: float = 0.001, lr: float = 0.01, seed: int = 0, max_batch: int = 8192) -> torch.Tensor:
     """Robust flags (True: no iterate had a negative margin) under SPSA."""
     g = torch.Generator(device=x.device).manual_seed(seed)
-    pert = (2 * torch.rand(x.shape, generator=g, device=x.device, dtype=x.dtype) - 1) * eps
-    pert = (x + pert).clamp(0, 1) - x
+    pert = linf_start(x, eps=eps, generator=g) - x
     m, v2 = torch.zeros_like(x), torch.zeros_like(x)
     robust = margin(model(x + pert), y) >= 0
     beta1, beta2, tiny = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, as cleverhans uses

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import cache
 from .data import Dataset, balanced_subset, to_float
 from .models import Classifier, build_model
-from .objectives import OBJECTIVES, StepContext
+from .objectives import OBJECTIVES, VIR_USE, StepContext
 
 __all__ = ["TrainConfig", "TrainedModel", "train_model", "trained_for", "augment", "predict", "model_key", "OBJECTIVES"]
 
@@ -57,8 +57,8 @@ class TrainConfig:
     reweight_from: int = 0     # reweighting methods run their base objective before this epoch (0-based)
 
     def __post_init__(self):
-        if self.vir_use not in ("full", "sv", "sd"):
-            raise ValueError(f"vir_use must be one of full, sv, sd, got {self.vir_use!r}")
+        if self.vir_use not in VIR_USE:
+            raise ValueError(f"vir_use must be one of {', '.join(VIR_USE)}, got {self.vir_use!r}")
 
     def key_fields(self) -> dict:
         """The fields that decide the weights: the common ones and those of ``objective``."""
