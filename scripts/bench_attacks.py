@@ -20,7 +20,11 @@ from pathlib import Path
 import foolbox as fb
 import torch
 
-from advbook import attacks, data, experiment, frequency, train
+from advbook import attacks
+from advbook import data
+from advbook.book import experiment
+from advbook.analysis import frequency
+from advbook.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,10 @@ from pathlib import Path
 import foolbox as fb
 import torch
 
-from advbook import data, evaluate, experiment, train
+from advbook import data
+from advbook.evaluation import evaluate
+from advbook.book import experiment
+from advbook.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -44,7 +44,7 @@ def synth():
 @pytest.fixture(scope="session")
 def tiny_model(synth):
     """A tiny CNN trained for a few epochs on the synthetic set (about 80% test accuracy)."""
-    from advbook import train
+    from advbook.training import train
 
     trained = train.train_model(model_name="tiny_cnn", dataset=synth, seed=0,
                                 cfg=train.TrainConfig(epochs=8, batch_size=50, lr=0.05))
@@ -54,7 +54,8 @@ def tiny_model(synth):
 @pytest.fixture(scope="session")
 def test_batch(synth, tiny_model):
     """Synthetic test images in [0, 1] with the model's own predictions as targets."""
-    from advbook import data, train
+    from advbook import data
+    from advbook.training import train
 
     x = data.to_float(synth.test.images[:64])
     pred = train.predict(tiny_model, x).argmax(1)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from advbook import attacks, threats
+from advbook import attacks
+from advbook.attacks import threats
 
 
 def binary_affine(affine, w: torch.Tensor, margin: float):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from advbook import experiment, report
+from advbook.book import experiment
+from advbook.book import report
 
 REPO = Path(__file__).resolve().parents[1]
 WRITES = re.compile(r"write_artifact\(\s*run,\s*\"([A-Z]{3}-[FT]\d+)\"")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advbook import cache
+from advbook.core import cache
 
 
 def test_stable_hash_ignores_key_order_and_sees_values():

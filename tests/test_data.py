@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from advbook import data
+from advbook.data import cifar
 
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def test_missing_download_says_how_to_provide_the_data(monkeypatch):
     def offline(root, *, download):
         raise OSError("no network")
 
-    monkeypatch.setattr(data, "_read_torchvision", offline)
+    monkeypatch.setattr(cifar, "_read_torchvision", offline)
     with pytest.raises(data.DatasetUnavailable, match=r"set ADVBOOK_DATA to a local copy"):
         data.load_cifar10(source="")
 

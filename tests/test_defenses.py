@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from advbook import defenses
+from advbook.evaluation import compare
+from advbook.training import defenses
 
 PARAMS = dict(model="tiny_cnn", seed=0, train_per_class=25, epochs=3, batch_size=50, lr=0.05, weight_decay=5e-4,
               at_eps=8 / 255, at_step_size=4 / 255, at_steps=2, reweight_from=2, trades_beta=5.0,
@@ -26,7 +27,7 @@ def test_defense_configs_carry_the_papers_hyperparameters():
 
 
 def test_confusion_rows_are_percentages_of_the_true_class():
-    m = defenses.confusion([0, 0, 0, 1, 1, 2], [0, 1, 1, 1, 1, 0], num_classes=3)
+    m = compare.confusion([0, 0, 0, 1, 1, 2], [0, 1, 1, 1, 1, 0], num_classes=3)
     assert m[0].tolist() == pytest.approx([100 / 3, 200 / 3, 0])
     assert m[1].tolist() == [0, 100, 0] and m[2].tolist() == [100, 0, 0]
 

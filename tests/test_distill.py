@@ -7,8 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advbook import data, distill, train
-from advbook.objectives import kd_loss
+from advbook import data
+from advbook.analysis import distill
+from advbook.training import train
+from advbook.training.objectives import kd_loss
 
 
 def test_kd_loss_matches_its_formula_on_a_hand_case():

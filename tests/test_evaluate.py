@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advbook import evaluate
+from advbook.evaluation import evaluate
 
 EPS = 8 / 255
 

@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from advbook import cli, experiment
+from advbook.book import cli
+from advbook.book import experiment
 
 
 @pytest.mark.parametrize("name", list(experiment.SCHEMAS))
@@ -72,7 +73,7 @@ def test_cli_params_lists_values_and_ranges(capsys):
 
 
 def test_cli_module_entry_point_runs():
-    out = subprocess.run([sys.executable, "-m", "advbook.cli", "params", "hol_ddb", "--profile", "smoke"],
+    out = subprocess.run([sys.executable, "-m", "advbook", "params", "hol_ddb", "--profile", "smoke"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "tiny_cnn" in out.stdout
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.fft import dctn
 
-from advbook import frequency
+from advbook.analysis import frequency
 
 
 def test_dct2_matches_scipy_and_inverts():

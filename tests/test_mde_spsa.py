@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from advbook import evaluate, mde, spsa
+from advbook.evaluation import evaluate
+from advbook.attacks import mde
+from advbook.attacks import spsa
 
 EPS = 8 / 255
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from advbook import data, more_data
+from advbook import data
+from advbook.data import more as more_data
 
 
 def test_cifar100_reads_the_official_pickles(tmp_path, fresh_cache):

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from advbook import cache, experiment, report
+from advbook.core import cache
+from advbook.book import experiment
+from advbook.book import report
 
 
 @pytest.fixture

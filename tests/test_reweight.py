@@ -9,8 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advbook import data, reweight, train
-from advbook.objectives import OBJECTIVES, StepContext, train_attack
+from advbook import data
+from advbook.training import reweight
+from advbook.training import train
+from advbook.training.objectives import OBJECTIVES, StepContext, train_attack
 
 
 def test_gair_weights_follow_vir_eq2_then_are_normalised_to_mean_one():

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from advbook import attacks, toy
+from advbook import attacks
+from advbook.analysis import toy
 
 
 class VerticalBoundary(torch.nn.Module):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advbook import cache, train
+from advbook.core import cache
+from advbook.training import train
 
 CFG = train.TrainConfig(epochs=3, batch_size=64, lr=0.05)
 
@@ -99,7 +100,8 @@ def test_bad_config_fails_before_training(synth):
 
 KILL_SCRIPT = """
 import os, signal
-from advbook import data, train
+from advbook import data
+from advbook.training import train
 synth = data.synthetic(n_train=400, n_test=200, num_classes=4, size=8, seed=0)
 def die(epoch, row):
     if epoch == 2:
@@ -127,7 +129,8 @@ def test_hard_killed_process_resumes_from_its_checkpoint(synth, tmp_path, monkey
 
 
 def test_pgd_adversarial_training_buys_robustness():
-    from advbook import attacks, data
+    from advbook import attacks
+    from advbook import data
 
     # low pixel noise: a standard model fits it with tiny margins, PGD-AT must widen them
     synth = data.synthetic(n_train=400, n_test=200, num_classes=4, size=8, noise=0.05, seed=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from advbook import trust
+from advbook.analysis import trust
 
 
 def test_eq1_and_eq2_on_hand_values():

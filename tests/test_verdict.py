@@ -6,7 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from advbook import verdict
+from advbook.analysis import verdict
+from advbook.book import report
 
 
 def test_max_standard_error_is_the_binomial_worst_case():
@@ -45,5 +46,5 @@ def test_seeds_label_and_best_agreement_sentence():
     assert verdict.seeds_label(1) == "1 seed" and verdict.seeds_label(4) == "4 seeds"
     ours = pd.DataFrame([["full", "pgd", 50.0, 0], ["sv", "pgd", 45.0, 0], ["full", "cw", 30.0, 0], ["sv", "cw", 31.0, 0]],
                         columns=["variant", "evaluation", "accuracy", "seed"])
-    text = verdict.best_agreement(ours, "VIR-T6", row="variant")
+    text = report.best_agreement(ours, "VIR-T6", row="variant")
     assert "**1 of 2**" in text and "ours: cw: sv, pgd: full" in text and "paper: cw: full, pgd: full" in text

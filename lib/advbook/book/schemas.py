@@ -1,39 +1,21 @@
-"""Experiments: profiles, validated parameters, seeds, device choice and provenance.
+"""The parameters of every section: name, type, range or choices, and a one-line help.
 
-An *experiment* is one notebook. Its parameters are declared here (name, type, range or
-choices) and their values per profile live in ``profiles.toml``. :func:`start` merges a
-profile with overrides, checks every value before any work starts, seeds everything,
-picks the device and starts the clock; the returned :class:`Run` collects what the
-provenance of each artifact needs (dataset identity, checkpoints, seeds, wall time).
+Choices that live next to their implementation (datasets, models, attacks, defenses, ...) are named
+here as ``"module:REGISTRY"`` and looked up only when a value is checked, so reading a schema (for
+``advbook --help`` or ``advbook params``) imports no training code.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
-import random
-import subprocess
-import sys
-import time
-import tomllib
-from pathlib import Path
+import importlib
 from typing import Any
 
-import numpy as np
-import torch
+__all__ = ["Param", "SCHEMAS", "parse_value", "ParameterError"]
 
-from .attacks import ATTACKS
-from .data import DATASETS
-from .defenses import DEFENSES
-from .distill import SELECTIONS
-from .evaluate import MDE_PARTS
-from .models import MODELS
-from .threats import THREATS
 
-__all__ = ["Param", "SCHEMAS", "PROFILES", "load_profiles", "resolve", "parse_value", "start", "Run",
-           "pick_device", "seed_everything", "repo_root", "ParameterError"]
-
-PROFILES = ("smoke", "cpu", "paper")
+def _registry(ref: str) -> tuple[str, ...]:
+    module, attr = ref.split(":")
+    return tuple(getattr(importlib.import_module(module), attr))
 
 
 class ParameterError(ValueError):
@@ -46,10 +28,19 @@ class Param:
     help: str
     low: float | None = None
     high: float | None = None
-    choices: tuple[str, ...] | None = None
+    choices: tuple[str, ...] | str | None = None   # a tuple, or "module:REGISTRY" looked up when needed
     item: type | None = None        # for a list of numbers: int or float, each within [low, high]
+    exclude: tuple[str, ...] = ()   # registry entries that are not valid here
+    extra: tuple[str, ...] = ()     # values valid besides the registry's
+
+    def valid_choices(self) -> tuple[str, ...] | None:
+        """The allowed values (a registry reference is resolved here, not at import time)."""
+        if self.choices is None or isinstance(self.choices, tuple):
+            return self.choices
+        return self.extra + tuple(c for c in _registry(self.choices) if c not in self.exclude)
 
     def check(self, name: str, value: Any) -> Any:
+        choices = self.valid_choices()
         if isinstance(value, str) and self.kind is not str:
             value = parse_value(value, self.kind)
         if self.kind is list and self.item is not None:
@@ -59,16 +50,16 @@ class Param:
             return [Param(self.item, self.help, self.low, self.high).check(name, v) for v in value]
         if self.kind is list:
             value = [value] if isinstance(value, str) else list(value)
-            bad = [v for v in value if v not in self.choices]
+            bad = [v for v in value if v not in choices]
             if bad or not value:
-                raise ParameterError(f"{name}={value!r}: each item must be one of {', '.join(self.choices)}")
+                raise ParameterError(f"{name}={value!r}: each item must be one of {', '.join(choices)}")
             return value
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, self.kind) or (self.kind is int and isinstance(value, bool)):
             raise ParameterError(f"{name}={value!r} must be of type {self.kind.__name__}")
-        if self.choices is not None and value not in self.choices:
-            raise ParameterError(f"{name}={value!r} is not one of: {', '.join(self.choices)}")
+        if choices is not None and value not in choices:
+            raise ParameterError(f"{name}={value!r} is not one of: {', '.join(choices)}")
         if self.low is not None and value < self.low or self.high is not None and value > self.high:
             raise ParameterError(f"{name}={value!r} is out of range [{self.low}, {self.high}]")
         return value
@@ -99,8 +90,8 @@ def parse_value(text: str, kind: type) -> Any:
 
 
 _COMMON = {
-    "dataset": Param(str, "dataset name", choices=tuple(DATASETS)),
-    "model": Param(str, "architecture", choices=tuple(MODELS)),
+    "dataset": Param(str, "dataset name", choices="advbook.data.registry:DATASETS"),
+    "model": Param(str, "architecture", choices="advbook.models.zoo:MODELS"),
     "seed": Param(int, "seed for weights, subsets and attacks", 0, 2**31 - 1),
     "device": Param(str, "where to compute", choices=("auto", "cpu", "cuda")),
 }
@@ -123,8 +114,8 @@ SCHEMAS: dict[str, dict[str, Param]] = {
     "hol_ddb": {
         **_COMMON, **_TRAIN,
         "n_samples": Param(int, "test images attacked, balanced over classes", 10, 10000),
-        "attacks": Param(list, "attacks that estimate DDB and steps", choices=tuple(ATTACKS)),
-        "pgd_norm": Param(str, "PGD threat model", choices=tuple(THREATS)),
+        "attacks": Param(list, "attacks that estimate DDB and steps", choices="advbook.attacks.core:ATTACKS"),
+        "pgd_norm": Param(str, "PGD threat model", choices="advbook.attacks.threats:THREATS"),
         **_ATTACK,
         "eps": Param(float, "PGD budget (in [0, 1] pixel units)", 1e-6, 100.0),
         "random_start": Param(bool, "PGD starts at a random point of the ball"),
@@ -144,7 +135,7 @@ SCHEMAS: dict[str, dict[str, Param]] = {
     },
     "hol_trust": {
         "dataset": _COMMON["dataset"], "seed": _COMMON["seed"], "device": _COMMON["device"],
-        "vgg_model": Param(str, "architecture standing for VGG-11", choices=tuple(MODELS)),
+        "vgg_model": Param(str, "architecture standing for VGG-11", choices="advbook.models.zoo:MODELS"),
         "n_samples": Param(int, "test images scored, balanced over classes", 20, 10000),
         "calibration_share": Param(float, "share of them that fixes min/max and the clusters", 0.1, 0.9),
         **_ATTACK,
@@ -157,23 +148,23 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "pool_per_class": Param(int, "training images per class the teacher scores and selection picks from",
                                 1, 5000),
         "budgets": Param(list, "transfer-set sizes, images per class", 1, 5000, item=int),
-        "criteria": Param(list, "selection criteria", choices=tuple(SELECTIONS)),
+        "criteria": Param(list, "selection criteria", choices="advbook.analysis.distill:SELECTIONS"),
         "taus": Param(list, "distillation temperatures (Eq. 5)", 0.01, 1000.0, item=float),
         "kd_lambda": Param(float, "weight of the label cross-entropy in Eq. 5", 0.0, 1.0),
-        "selection_attack": Param(str, "attack whose DDB ranks the pool", choices=tuple(ATTACKS)),
+        "selection_attack": Param(str, "attack whose DDB ranks the pool", choices="advbook.attacks.core:ATTACKS"),
         **_ATTACK,
         "ddb_eps": Param(float, "PGD budget for DDB (large: it should not bind)", 1e-6, 1.0),
         "n_eval": Param(int, "test images for student accuracy, balanced over classes", 10, 10000),
         "n_flag": Param(int, "test images scored for HOL-F6, balanced over classes", 20, 10000),
         "calibration_share": Param(float, "share of them that fixes min/max and the clusters", 0.1, 0.9),
-        "f6_criteria": Param(list, "selection criteria whose students HOL-F6 scores", choices=tuple(SELECTIONS)),
+        "f6_criteria": Param(list, "selection criteria whose students HOL-F6 scores", choices="advbook.analysis.distill:SELECTIONS"),
         "f6_tau": Param(float, "temperature of the students HOL-F6 scores (one of taus)", 0.01, 1000.0),
         "batch_size_eval": Param(int, "images per forward pass for the flipping frequency", 1, 100000),
     },
     "vir_main": {
         **_COMMON, **_TRAIN,
         "n_seeds": Param(int, "seeds per defense (seed, seed+1, ...); tables give mean ± std", 1, 20),
-        "defenses": Param(list, "defenses trained and compared", choices=tuple(d for d in DEFENSES if d != "standard")),
+        "defenses": Param(list, "defenses trained and compared", choices="advbook.training.defenses:DEFENSES", exclude=("standard",)),
         "at_eps": Param(float, "training attack budget (L-inf)", 1e-6, 1.0),
         "at_step_size": Param(float, "training attack step size", 1e-6, 1.0),
         "at_steps": Param(int, "training attack iterations", 1, 100),
@@ -190,7 +181,7 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "aa_version": Param(str, "AutoAttack version", choices=("standard", "custom")),
         "aa_parts": Param(list, "AutoAttack's attacks when aa_version=custom",
                           choices=("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")),
-        "mde_parts": Param(list, "the MDE ensemble's attacks (paper: all four)", choices=MDE_PARTS),
+        "mde_parts": Param(list, "the MDE ensemble's attacks (paper: all four)", choices="advbook.evaluation.evaluate:MDE_PARTS"),
         "mde_steps": Param(int, "steps of each MD run (reference: 50)", 2, 10000),
         "mde_change_point": Param(int, "MD steps on one margin term before the full margin (reference: 20)", 1, 10000),
         "mde_targets": Param(int, "MD-MT target classes (reference: 9)", 1, 199),
@@ -205,7 +196,7 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "seed": _COMMON["seed"], "device": _COMMON["device"],
         "tables": Param(list, "tables to regenerate", choices=("T2", "T3", "T4", "T5")),
         "wide_model": Param(str, "architecture of Tables 2 and 5 (paper: wrn34_10); 'none': Table 2 is not run "
-                                 "and Table 5 attacks vir_main's models", choices=("none",) + tuple(MODELS)),
+                                 "and Table 5 attacks vir_main's models", choices="advbook.models.zoo:MODELS", extra=("none",)),
         "datasets": Param(list, "datasets of Tables 3-4, each run only where it is available",
                           choices=("svhn", "cifar100", "tinyimagenet")),
     },
@@ -230,129 +221,13 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "hidden": Param(int, "hidden units per layer of the MLP", 2, 4096),
         "epochs": Param(int, "full-batch Adam steps", 1, 100000),
         "lr": Param(float, "Adam learning rate", 1e-6, 1.0),
-        "pgd_norm": Param(str, "PGD threat model", choices=tuple(THREATS)),
+        "pgd_norm": Param(str, "PGD threat model", choices="advbook.attacks.threats:THREATS"),
         "step_size": Param(float, "PGD step size", 1e-6, 1.0),
         "pgd_steps": Param(int, "PGD iterations at most", 1, 10000),
         "rel_tol": Param(float, "relative DDB difference that counts as 'about the same'", 0.0, 1.0),
         "grid_resolution": Param(int, "grid points per side for the exact distance", 20, 2000),
     },
 }
-SCHEMAS["hol_kd"]["model"] = Param(str, "student architecture (the paper's: mobilenet_v2)", choices=tuple(MODELS))
+SCHEMAS["hol_kd"]["model"] = Param(str, "student architecture (the paper's: mobilenet_v2)", choices="advbook.models.zoo:MODELS")
 
 
-def repo_root() -> Path:
-    """The repository root (the folder holding ``_toc.yml``), or the working directory."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "_toc.yml").exists():
-            return parent
-    return Path.cwd()
-
-
-def load_profiles() -> dict:
-    with open(Path(__file__).with_name("profiles.toml"), "rb") as f:
-        return tomllib.load(f)
-
-
-def resolve(experiment: str, *, profile: str, overrides: dict | None = None) -> dict:
-    """The checked parameters of ``experiment`` under ``profile`` with ``overrides`` applied."""
-    if experiment not in SCHEMAS:
-        raise ParameterError(f"unknown experiment {experiment!r}; valid: {', '.join(SCHEMAS)}")
-    if profile not in PROFILES:
-        raise ParameterError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
-    schema = SCHEMAS[experiment]
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(schema))
-    if unknown:
-        raise ParameterError(f"unknown parameter(s) {', '.join(unknown)} for {experiment}; "
-                             f"valid: {', '.join(sorted(schema))}")
-    values = {**load_profiles()[experiment][profile], **overrides}
-    missing = sorted(set(schema) - set(values))
-    if missing:
-        raise ParameterError(f"profile {profile} of {experiment} lacks {', '.join(missing)}")
-    return {name: schema[name].check(name, values[name]) for name in schema}
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def pick_device(choice: str = "auto") -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ParameterError("device=cuda but no CUDA device is visible; use device=auto or cpu")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
-
-
-def _git_commit() -> dict:
-    root = repo_root()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
-        return {"commit": commit or None, "dirty": dirty}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("advbook", "torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-@dataclasses.dataclass
-class Run:
-    experiment: str
-    profile: str
-    params: dict
-    overrides: dict
-    device: torch.device
-    started: float = dataclasses.field(default_factory=time.perf_counter)
-    dataset: dict | None = None
-    checkpoints: list = dataclasses.field(default_factory=list)
-
-    @property
-    def seed(self) -> int:
-        return self.params["seed"]
-
-    def use_dataset(self, dataset) -> None:
-        """Record the data's identity: a ``data.Dataset``, or a dict describing generated data."""
-        self.dataset = dict(dataset) if isinstance(dataset, dict) else dataset.identity()
-
-    def use_model(self, trained) -> None:
-        self.checkpoints.append(trained.provenance())
-
-    def artifact_dir(self) -> Path:
-        root = os.environ.get("ADVBOOK_ARTIFACTS") or repo_root() / "artifacts"
-        path = Path(root) / self.profile
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def provenance(self) -> dict:
-        device = {"type": self.device.type, "torch_threads": torch.get_num_threads()}
-        if self.device.type == "cuda":
-            device["name"] = torch.cuda.get_device_name(self.device)
-        return {"experiment": self.experiment, "profile": self.profile, "params": self.params,
-                "overrides": self.overrides, "dataset": self.dataset, "checkpoints": self.checkpoints,
-                "seeds": {"seed": self.seed}, "device": device, "versions": _versions(),
-                "git": _git_commit(), "wall_seconds": round(time.perf_counter() - self.started, 2),
-                "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def start(experiment: str, *, profile: str, overrides: dict | None = None) -> Run:
-    """Validate the parameters, seed everything, pick the device and start the clock."""
-    params = resolve(experiment, profile=profile, overrides=overrides)
-    seed_everything(params["seed"])
-    device = pick_device(params.get("device", "auto"))
-    return Run(experiment, profile, params, dict(overrides or {}), device)

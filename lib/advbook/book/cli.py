@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import cache
-from .experiment import PROFILES, SCHEMAS, ParameterError, load_profiles, repo_root, resolve
+from advbook.core import cache
+from advbook.book.experiment import PROFILES, SCHEMAS, ParameterError, load_profiles, repo_root, resolve
 
 __all__ = ["main", "execute"]
 
@@ -94,7 +94,7 @@ def _cmd_params(args) -> int:
     width = max(map(len, params))
     for name, value in params.items():
         p = schema[name]
-        valid = (", ".join(p.choices) if p.choices else
+        valid = (", ".join(p.valid_choices()) if p.choices else
                  f"[{_fmt(p.low)}, {_fmt(p.high)}]" if p.low is not None else p.kind.__name__)
         print(f"{name:<{width}}  {value!r:<24}  {p.help} ({valid})")
     return 0

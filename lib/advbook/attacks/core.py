@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .threats import get_threat
+from advbook.attacks.threats import get_threat
 
 __all__ = ["AttackResult", "margin", "without_true", "linf_start", "pgd", "sign_ascent", "deepfool", "ATTACKS", "get_attack", "run_batched"]
 

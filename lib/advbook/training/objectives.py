@@ -23,8 +23,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import reweight
-from .attacks import linf_start, pgd, sign_ascent
+from advbook.training import reweight
+from advbook.attacks.core import linf_start, pgd, sign_ascent
 
 __all__ = ["StepContext", "Objective", "OBJECTIVES", "kd_loss", "train_attack"]
 

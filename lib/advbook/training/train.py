@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import cache
-from .data import Dataset, balanced_subset, to_float
-from .models import Classifier, build_model
-from .objectives import OBJECTIVES, VIR_USE, StepContext
+from advbook.core import cache
+from advbook.data.cifar import Dataset, balanced_subset, to_float
+from advbook.models.predict import predict
+from advbook.models.zoo import Classifier, build_model
+from advbook.training.objectives import OBJECTIVES, VIR_USE, StepContext
 
 __all__ = ["TrainConfig", "TrainedModel", "train_model", "trained_for", "augment", "predict", "model_key", "OBJECTIVES"]
 
@@ -114,18 +115,6 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     if step < peak:
         return cfg.lr * (step + 1) / peak
     return cfg.lr * max(0.0, (total - step) / max(1, total - peak))
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
-    """Logits for float inputs in [0, 1] (or uint8 images), batch by batch, on the model's device."""
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
-        xb = to_float(xb) if xb.dtype == torch.uint8 else xb
-        out.append(model(xb.to(device)).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
 
 
 def model_key(*, model_name: str, dataset: Dataset, train_index: torch.Tensor | None,

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cache
+from advbook.core import cache
+from advbook.core.paths import shared_dir
+from advbook.core.tensors import tensor_checksum, to_float
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "Split", "Dataset", "DatasetUnavailable",
@@ -80,19 +82,6 @@ class Dataset:
     def identity(self) -> dict:
         return {"name": self.name, "source": self.source, "sha256": self.checksum,
                 "n_train": len(self.train), "n_test": len(self.test)}
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images in [0, 255] to float32 in [0, 1]."""
-    return images.float().div_(255.0)
-
-
-def tensor_checksum(*tensors: torch.Tensor) -> str:
-    """sha256 of the tensors' bytes, in order: the identity of generated data."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _decode_imagefolder_entries(entries) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -169,7 +158,7 @@ def default_source() -> str | None:
     """``$ADVBOOK_DATA``, else the shared offline copy beside the repository, else None (download)."""
     if os.environ.get("ADVBOOK_DATA"):
         return os.environ["ADVBOOK_DATA"]
-    beside = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+    beside = shared_dir() / "data" / "cifar10-jpeg.tar.gz"
     return str(beside) if beside.exists() else None
 
 
@@ -236,24 +225,6 @@ def synthetic(*, n_train: int = 200, n_test: int = 100, num_classes: int = 10, s
                    checksum=tensor_checksum(train.images, train.labels, test.images, test.labels),
                    classes=tuple(f"class{i}" for i in range(num_classes)),
                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), train=train, test=test)
-
-
-def _more(name: str):
-    def load() -> Dataset:
-        from . import more_data
-        return getattr(more_data, f"load_{name}")()
-    return load
-
-
-DATASETS = {"cifar10": load_cifar10, "synthetic": synthetic,
-            **{name: _more(name) for name in ("svhn", "cifar100", "tinyimagenet")}}
-
-
-def load_dataset(name: str) -> Dataset:
-    """Load a dataset by name; an unknown name fails with the valid choices."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]()
 
 
 def balanced_subset(labels: torch.Tensor, *, n_per_class: int, seed: int) -> torch.Tensor:

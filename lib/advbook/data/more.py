@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cache
-from .data import Dataset, DatasetUnavailable, cached_splits, from_state
+from advbook.core import cache
+from advbook.data.cifar import Dataset, DatasetUnavailable, cached_splits, from_state
 
 __all__ = ["load_svhn", "load_cifar100", "load_tinyimagenet", "ENV"]
 

@@ -130,8 +130,9 @@ def measure(model, x, *, attacks: dict, attack_batch_size: int, batch_size_eval:
     attack (name -> keyword arguments) moving away from that prediction, and the flipping
     frequency. A sample an attack cannot flip gets the largest DDB that attack observed (it is at
     least that far). Returns numpy arrays: ``pred``, ``ddb`` (a dict per attack) and ``ff``."""
-    from . import frequency, vulnerability
-    from .train import predict
+    from advbook.analysis import frequency
+    from advbook.analysis import vulnerability
+    from advbook.models.predict import predict
 
     pred = predict(model, x).argmax(1)
     measured = vulnerability.ddb_and_steps(model, x, pred.to(x.device), attacks=attacks,

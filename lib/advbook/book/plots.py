@@ -6,7 +6,7 @@ import pandas as pd
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from .report import new_figure
+from advbook.book.report import new_figure
 
 __all__ = ["ddb_vs_steps", "attack_paths", "dct_pipeline", "band_accuracy_curves", "student_accuracy", "flagging_bars", "confusion_grid",
            "class_weight_lines"]
@@ -95,7 +95,7 @@ def dct_pipeline(image, *, bands: list[int], title: str = ""):
     reconstructions keeping the bands below each ``k`` in ``bands``. ``image`` is (C, H, W) in [0, 1]."""
     import torch
 
-    from . import frequency
+    from advbook.analysis import frequency
 
     x = torch.as_tensor(image, dtype=torch.float64)[None]
     spec = frequency.dct2(x)[0]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import pgd
+from advbook.attacks.core import pgd
 
 __all__ = ["moons", "ToyMLP", "train_toy", "pgd_path", "boundary_distance", "equal_ddb_pair", "decision_grid"]
 

@@ -19,7 +19,7 @@ import functools
 
 import torch
 
-from .train import predict
+from advbook.models.predict import predict
 
 __all__ = ["dct_matrix", "dct2", "idct2", "band_index", "band_masks", "low_pass", "high_pass",
            "filtered_stack", "band_predictions", "flipping_frequency", "band_requirement", "band_accuracy"]

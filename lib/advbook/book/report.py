@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import cache
-from .experiment import Run
+from advbook.core import cache
+from advbook.book.experiment import Run
 
-__all__ = ["ARTIFACT_ID", "write_artifact", "paper_result", "compare", "show_image", "new_figure"]
+__all__ = ["ARTIFACT_ID", "write_artifact", "paper_result", "compare", "show_image", "new_figure",
+           "paper_beside_ours", "best_rows", "best_agreement"]
 
 ARTIFACT_ID = re.compile(r"^(HOL|VIR|RRM|AGK|LEC)-[FT]\d+$")
 
@@ -142,3 +143,12 @@ def best_rows(results: pd.DataFrame, artifact_id: str, *, row: str) -> pd.DataFr
     both = [e for e in best_paper.index if e in best_ours.index]
     return pd.DataFrame({"paper": best_paper[both], "ours": best_ours[both],
                          "agree": best_paper[both] == best_ours[both]}).rename_axis("evaluation")
+
+
+def best_agreement(results: pd.DataFrame, artifact_id: str, *, row: str) -> str:
+    """One sentence: under how many evaluations the paper's best ``row`` value (variant, defense)
+    is also ours (seed means), and which each side picked. Markdown, the count in bold."""
+    best = best_rows(results, artifact_id, row=row)
+    return (f"the paper's best {row} is also ours under **{int(best.agree.sum())} of {len(best)}** evaluations "
+            f"(ours: {', '.join(f'{e}: {r.ours}' for e, r in best.iterrows())}; "
+            f"paper: {', '.join(f'{e}: {r.paper}' for e, r in best.iterrows())})")

@@ -29,10 +29,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import cache
-from .attacks import linf_start, margin, pgd, sign_ascent
-from .mde import md_attack, md_targets
-from .spsa import spsa_attack
+from advbook.core import cache
+from advbook.attacks.core import linf_start, margin, pgd, sign_ascent
+from advbook.attacks.mde import md_attack, md_targets
+from advbook.attacks.spsa import spsa_attack
 
 __all__ = ["EVALUATIONS", "evaluate", "cw_loss", "EvalResult", "pgd_predictions"]
 

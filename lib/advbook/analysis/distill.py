@@ -21,11 +21,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import trust
-from .data import Dataset, to_float
+from advbook.analysis import trust
+from advbook.data.cifar import Dataset, to_float
 from tqdm import tqdm
 
-from .train import TrainConfig, TrainedModel, predict, train_model
+from advbook.models.predict import predict
+from advbook.training.train import TrainConfig, TrainedModel, train_model
 
 __all__ = ["SELECTIONS", "select_transfer_set", "score_pool", "distil_student", "student_accuracy", "distil_grid"]
 

@@ -13,9 +13,8 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
-from . import report
 
-__all__ = ["max_standard_error", "judge", "margin", "seeds_label", "best_agreement"]
+__all__ = ["max_standard_error", "judge", "margin", "seeds_label"]
 
 
 def max_standard_error(n: int) -> float:
@@ -58,12 +57,3 @@ def margin(mean: pd.DataFrame, winner: str, others: Iterable[str], evaluation: s
 def seeds_label(n_seeds: int) -> str:
     """"1 seed", "4 seeds"."""
     return f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
-
-
-def best_agreement(results: pd.DataFrame, artifact_id: str, *, row: str) -> str:
-    """One sentence: under how many evaluations the paper's best ``row`` value (variant, defense)
-    is also ours (seed means), and which each side picked. Markdown, the count in bold."""
-    best = report.best_rows(results, artifact_id, row=row)
-    return (f"the paper's best {row} is also ours under **{int(best.agree.sum())} of {len(best)}** evaluations "
-            f"(ours: {', '.join(f'{e}: {r.ours}' for e, r in best.iterrows())}; "
-            f"paper: {', '.join(f'{e}: {r.paper}' for e, r in best.iterrows())})")

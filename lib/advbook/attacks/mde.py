@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .attacks import linf_start, sign_ascent, without_true
+from advbook.attacks.core import linf_start, sign_ascent, without_true
 
 __all__ = ["step_sizes", "md_attack", "md_targets"]
 

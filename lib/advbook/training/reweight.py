@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .attacks import margin
+from advbook.attacks.core import margin
 
 __all__ = ["gair_weights", "probability_margin", "mail_weights", "vir_parts", "kl_per_sample"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .attacks import linf_start, margin
+from advbook.attacks.core import linf_start, margin
 
 __all__ = ["spsa_gradient", "spsa_attack"]
 

@@ -1,0 +1,127 @@
+"""Experiments: profiles, validated parameters, seeds, device choice and provenance.
+
+An *experiment* is one notebook. Its parameters are declared here (name, type, range or
+choices) and their values per profile live in ``profiles.toml``. :func:`start` merges a
+profile with overrides, checks every value before any work starts, seeds everything,
+picks the device and starts the clock; the returned :class:`Run` collects what the
+provenance of each artifact needs (dataset identity, checkpoints, seeds, wall time).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import torch
+
+from advbook.book.schemas import SCHEMAS, Param, ParameterError, parse_value
+from advbook.core.paths import repo_root
+from advbook.core.seeding import DeviceUnavailable, pick_device, seed_everything
+
+__all__ = ["Param", "SCHEMAS", "PROFILES", "load_profiles", "resolve", "parse_value", "start", "Run",
+           "pick_device", "seed_everything", "repo_root", "ParameterError"]
+
+PROFILES = ("smoke", "cpu", "paper")
+
+
+def load_profiles() -> dict:
+    with open(Path(__file__).with_name("profiles.toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def resolve(experiment: str, *, profile: str, overrides: dict | None = None) -> dict:
+    """The checked parameters of ``experiment`` under ``profile`` with ``overrides`` applied."""
+    if experiment not in SCHEMAS:
+        raise ParameterError(f"unknown experiment {experiment!r}; valid: {', '.join(SCHEMAS)}")
+    if profile not in PROFILES:
+        raise ParameterError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+    schema = SCHEMAS[experiment]
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(schema))
+    if unknown:
+        raise ParameterError(f"unknown parameter(s) {', '.join(unknown)} for {experiment}; "
+                             f"valid: {', '.join(sorted(schema))}")
+    values = {**load_profiles()[experiment][profile], **overrides}
+    missing = sorted(set(schema) - set(values))
+    if missing:
+        raise ParameterError(f"profile {profile} of {experiment} lacks {', '.join(missing)}")
+    return {name: schema[name].check(name, values[name]) for name in schema}
+
+
+def _git_commit() -> dict:
+    root = repo_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        return {"commit": commit or None, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("advbook", "torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+@dataclasses.dataclass
+class Run:
+    experiment: str
+    profile: str
+    params: dict
+    overrides: dict
+    device: torch.device
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    dataset: dict | None = None
+    checkpoints: list = dataclasses.field(default_factory=list)
+
+    @property
+    def seed(self) -> int:
+        return self.params["seed"]
+
+    def use_dataset(self, dataset) -> None:
+        """Record the data's identity: a ``data.Dataset``, or a dict describing generated data."""
+        self.dataset = dict(dataset) if isinstance(dataset, dict) else dataset.identity()
+
+    def use_model(self, trained) -> None:
+        self.checkpoints.append(trained.provenance())
+
+    def artifact_dir(self) -> Path:
+        root = os.environ.get("ADVBOOK_ARTIFACTS") or repo_root() / "artifacts"
+        path = Path(root) / self.profile
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def provenance(self) -> dict:
+        device = {"type": self.device.type, "torch_threads": torch.get_num_threads()}
+        if self.device.type == "cuda":
+            device["name"] = torch.cuda.get_device_name(self.device)
+        return {"experiment": self.experiment, "profile": self.profile, "params": self.params,
+                "overrides": self.overrides, "dataset": self.dataset, "checkpoints": self.checkpoints,
+                "seeds": {"seed": self.seed}, "device": device, "versions": _versions(),
+                "git": _git_commit(), "wall_seconds": round(time.perf_counter() - self.started, 2),
+                "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def start(experiment: str, *, profile: str, overrides: dict | None = None) -> Run:
+    """Validate the parameters, seed everything, pick the device and start the clock."""
+    params = resolve(experiment, profile=profile, overrides=overrides)
+    try:
+        device = pick_device(params.get("device", "auto"))
+    except DeviceUnavailable as exc:
+        raise ParameterError(str(exc)) from None
+    seed_everything(params["seed"])
+    return Run(experiment, profile, params, dict(overrides or {}), device)

@@ -1,0 +1,1 @@
+"""Layer 3: training objectives, the cached and resumable training loop, the VIR defenses."""

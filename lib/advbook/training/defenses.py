@@ -1,0 +1,76 @@
+"""The adversarial-training defenses of the VIR chapter, trained through one cached loop.
+
+A defense is an objective of :mod:`advbook.objectives` plus the hyperparameters the VIR paper
+(§5.3) gives it. :func:`train_defenses` trains a list of them on the same data with the same
+schedule and seed, base objectives first, so that every reweighting method forks from the
+cached burn-in of its base (PGD-AT for GAIRAT, MAIL-AT and VIR-AT; TRADES for VIR-TRADES,
+when both use the same TRADES weight) instead of training it again.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import torch
+
+
+from advbook.data.cifar import Dataset, balanced_subset
+from advbook.training.objectives import OBJECTIVES
+from advbook.training.train import TrainConfig, TrainedModel, train_model
+
+__all__ = ["DEFENSES", "defense_config", "train_defenses", "class_weight_sums"]
+
+# defense -> (objective, its hyperparameters: VIR §5.3 and the methods' reference codes)
+DEFENSES: dict[str, tuple[str, dict]] = {
+    "standard": ("standard", {}),
+    "at": ("pgd_at", {}),
+    "trades": ("trades", {}),
+    "mart": ("mart", {"mart_beta": 5.0}),
+    "gairat": ("gairat", {"gair_lambda": -1.0}),
+    "mail_at": ("mail_at", {"mail_bias": -1.5, "mail_slope": 1.0}),
+    "vir_at": ("vir_at", {"vir_alpha": 7.0, "vir_gamma": 10.0, "vir_beta": 0.007}),
+    "vir_trades": ("vir_trades", {"vir_alpha": 8.0, "vir_gamma": 3.0, "vir_beta": 1.6}),
+}
+
+
+def defense_config(name: str, params: dict, **overrides) -> TrainConfig:
+    """The TrainConfig of defense ``name`` under experiment ``params`` (schedule, attack, burn-in
+    and TRADES weights), with ``overrides`` (e.g. ``vir_use="sv"`` or ``vir_beta=0.1``) last."""
+    if name not in DEFENSES:
+        raise ValueError(f"unknown defense {name!r}; valid: {', '.join(DEFENSES)}")
+    objective, hyper = DEFENSES[name]
+    common = dict(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
+                  weight_decay=params["weight_decay"], at_eps=params["at_eps"], at_step_size=params["at_step_size"],
+                  at_steps=params["at_steps"], reweight_from=params["reweight_from"],
+                  trades_beta=params["vir_trades_beta"] if objective == "vir_trades" else params["trades_beta"])
+    cfg = TrainConfig(objective=objective, **{**common, **hyper, **overrides})
+    if cfg.objective not in OBJECTIVES:  # pragma: no cover - DEFENSES and OBJECTIVES are kept in step
+        raise ValueError(f"defense {name!r} names unknown objective {cfg.objective!r}")
+    return cfg
+
+
+def train_defenses(names, *, params: dict, dataset: Dataset, seed: int, device,
+                   variants: dict[str, tuple[str, dict]] | None = None) -> dict[str, TrainedModel]:
+    """Train (or load) each defense in ``names`` and each variant (label -> (defense, overrides)),
+    bases first, each base saving its state at ``reweight_from`` for the forks."""
+    index = balanced_subset(dataset.train.labels, n_per_class=params["train_per_class"], seed=params["seed"])
+    jobs = {n: (n, {}) for n in names} | dict(variants or {})
+    configs = {label: defense_config(d, params, **o) for label, (d, o) in jobs.items()}
+    order = sorted(configs, key=lambda label: OBJECTIVES[configs[label].objective].base is not None)
+    share = (params["reweight_from"],) if 0 < params["reweight_from"] < params["epochs"] else ()
+    return {label: train_model(model_name=params["model"], dataset=dataset, cfg=configs[label], seed=seed,
+                               train_index=index, device=device, share_epochs=share)
+            for label in order}
+
+
+def class_weight_sums(trained: TrainedModel, labels: torch.Tensor, *, num_classes: int) -> pd.DataFrame:
+    """VIR Fig. 3: per reweighted epoch, the sum of the recorded sample weights of each class,
+    as a share of the epoch's total. ``labels`` are the dataset's training labels."""
+    rows = []
+    for epoch, rec in sorted(trained.records().items()):
+        w = rec["w"].double()
+        cls = labels[rec["index"]]
+        sums = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, cls, w)
+        rows += [{"epoch": epoch, "class": c, "weight_sum": float(sums[c]), "share": float(sums[c] / sums.sum())}
+                 for c in range(num_classes)]
+    return pd.DataFrame(rows)
