@@ -31,7 +31,7 @@ def built_book(tmp_path_factory):
     shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("executed", "_build"))
     env = {**os.environ, "ADVBOOK_EXECUTED": str(root / "book" / "executed"),
            "ADVBOOK_ARTIFACTS": str(root / "artifacts")}
-    run = subprocess.run([sys.executable, "-m", "advbook.cli", "run", "all", "--profile", "smoke", "--log"],
+    run = subprocess.run([sys.executable, "-m", "advbook", "run", "all", "--profile", "smoke", "--log"],
                          env=env, capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     jb = Path(sys.executable).with_name("jupyter-book")

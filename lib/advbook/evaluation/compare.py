@@ -29,7 +29,7 @@ def confusion(labels, predictions, *, num_classes: int) -> np.ndarray:
 
 def evaluate_models(models: dict, *, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, attacks: dict,
                     batch_size: int, **labels) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Run :func:`advbook.evaluate.evaluate` on every ``name -> TrainedModel`` of ``models`` with the
+    """Run :func:`advbook.evaluation.evaluate.evaluate` on every ``name -> TrainedModel`` of ``models`` with the
     same inputs (``index``: their positions in the test set). Flags are cached per model key and
     subset, so a model that another page already evaluated costs nothing. Returns (accuracy rows,
     per-sample flags, seconds), each with a ``model`` column and the extra ``labels`` columns."""

@@ -1,7 +1,7 @@
-"""Training objectives: one loss per method, plugged into the one loop of :mod:`advbook.train`.
+"""Training objectives: one loss per method, plugged into the one loop of :mod:`advbook.training.train`.
 
 An objective is a function ``(model, x, y, cfg, ctx) -> (loss, logits, record)`` together with
-the names of the :class:`~advbook.train.TrainConfig` fields it reads beyond the common ones.
+the names of the :class:`~advbook.training.train.TrainConfig` fields it reads beyond the common ones.
 ``record`` is ``None`` or a dict of per-sample tensors (a reweighting method's weights and their
 parts), which the loop saves per epoch for audit.
 Only those fields enter a model's cache key, so adding a field for a new objective leaves the
