@@ -1,0 +1,396 @@
+"""The claims engine: one place where a paper's claim meets the reproduced per-sample data.
+
+A claim is data, written before any number is seen (``lib/advbook/book/claims.toml``): the paper's
+statement, the artifact whose saved per-sample table it is decided on, a **rule** from
+:data:`RULES`, and that rule's settings (which model is claimed to win, against which rivals, under
+which evaluations; which fixed classes, windows or thresholds). Nothing in a rule is chosen on the
+data it judges: windows are fixed quantile bins, classes are the paper's, winners are the paper's.
+
+:func:`decide` applies the rule and returns a :class:`Verdict`: ``holds``, ``does not hold`` or
+``inconclusive`` (with how many images would decide, where a rule can say), or ``not run`` with the
+reason. Every verdict carries its statistic, interval, p-value, n, seeds, profile and dataset, and
+its comparisons one by one. The rules' statistics are in :mod:`advbook.analysis.stats`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from advbook.analysis import stats
+from advbook.analysis.trust import kmeans_flags
+
+__all__ = ["Verdict", "Context", "RULES", "VIEWS", "decide", "not_run", "ALPHA", "OUTCOMES"]
+
+ALPHA = 0.05
+OUTCOMES = ("holds", "does not hold", "inconclusive", "not run")
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What a verdict line must say besides the statistic."""
+    profile: str
+    dataset: str
+    seeds: tuple[int, ...]
+    params: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Verdict:
+    claim: str
+    artifact: str
+    statement: str
+    outcome: str
+    statistic: str
+    estimate: float
+    low: float
+    high: float
+    p: float
+    n: int
+    seeds: int
+    profile: str
+    dataset: str
+    rule: str
+    why: str = ""
+    comparisons: list = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def line(self) -> str:
+        """One Markdown line: outcome, statistic, interval, p, n, seeds, profile, dataset, why."""
+        if self.outcome == "not run":
+            return f"**not run** — {self.why}"
+        num = lambda v: "—" if v is None or not math.isfinite(v) else f"{v:.2f}"
+        p = "" if not math.isfinite(self.p) else (f", p = {self.p:.2g}" if self.p >= 1e-4 else ", p < 0.0001")
+        seeds = f"{self.seeds} seed{'s' if self.seeds != 1 else ''}"
+        return (f"**{self.outcome}** — {self.statistic} {num(self.estimate)} "
+                f"[95% CI {num(self.low)}, {num(self.high)}]{p}; n = {self.n}, {seeds}, "
+                f"{self.profile} profile, `{self.dataset}`. {self.why}").rstrip()
+
+
+def not_run(claim: dict, ctx: Context, why: str) -> Verdict:
+    return Verdict(claim["id"], claim["artifact"], claim["statement"], "not run", "", math.nan, math.nan, math.nan,
+                   math.nan, 0, len(ctx.seeds), ctx.profile, ctx.dataset, claim["rule"], why)
+
+
+def _verdict(claim: dict, ctx: Context, outcome: str, test: stats.Test, why: str, comparisons=()) -> Verdict:
+    return Verdict(claim["id"], claim["artifact"], claim["statement"], outcome, test.name, test.estimate, test.low,
+                   test.high, test.p, test.n, len(ctx.seeds), ctx.profile, ctx.dataset, claim["rule"], why,
+                   [dataclasses.asdict(c) | {"label": lbl} for lbl, c in comparisons])
+
+
+# ---------------------------------------------------------------------------------------------
+# Views: how a saved table becomes the long per-sample frame a rule reads
+# ---------------------------------------------------------------------------------------------
+
+_STUDENT = re.compile(r"^(?P<criterion>[a-z]+)_(?P<budget>\d+)_s(?P<seed>\d+)_tau(?P<tau>[0-9.e+-]+)$")
+
+
+def _students_long(frame: pd.DataFrame) -> pd.DataFrame:
+    """HOL-T3's ``correct`` table (one column per student) as rows criterion, budget, seed, tau, image, correct."""
+    cols = [c for c in frame.columns if _STUDENT.match(c)]
+    long = frame.melt(id_vars=["test_index"], value_vars=cols, var_name="student", value_name="correct")
+    parts = long["student"].str.extract(_STUDENT)
+    return pd.concat([long, parts], axis=1).astype({"budget": int, "seed": int, "tau": float})
+
+
+def _flags_long(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-sample robustness flags (one boolean column per evaluation) as rows evaluation, robust."""
+    flags = [c for c in frame.columns
+             if frame[c].dtype == bool or (frame[c].dtype == object and len(frame[c].dropna())
+                                           and frame[c].dropna().map(lambda v: isinstance(v, (bool, np.bool_))).all())]
+    ids = [c for c in frame.columns if c not in flags]
+    long = frame.melt(id_vars=ids, value_vars=flags, var_name="evaluation", value_name="robust")
+    return long.dropna(subset=["robust"]).astype({"robust": bool})
+
+
+VIEWS: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {"students_long": _students_long,
+                                                            "flags_long": _flags_long}
+
+
+def _table(claim: dict, tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
+    frame = tables.get(claim.get("table", "samples"))
+    if frame is None:
+        return None
+    if "view" in claim:
+        frame = VIEWS[claim["view"]](frame)
+    for column, value in claim.get("where", {}).items():
+        frame = frame[frame[column].isin(value if isinstance(value, list) else [value])]
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules
+# ---------------------------------------------------------------------------------------------
+
+def _paired(frame: pd.DataFrame, *, unit: str, a: str, b: str, value: str, pair_on: list[str]) -> stats.Test:
+    left = frame[frame[unit] == a].set_index(pair_on)[value]
+    right = frame[frame[unit] == b].set_index(pair_on)[value]
+    both = left.to_frame("a").join(right.to_frame("b"), how="inner")
+    return stats.mcnemar(both["a"].to_numpy(bool), both["b"].to_numpy(bool))
+
+
+def _size_hint(tests: list[stats.Test], ns_per: int) -> str:
+    """How many images per model would decide the least decided comparison, if its gap is real."""
+    open_ = [t for t in tests if t.n and math.isfinite(t.estimate)]
+    if not open_:
+        return ""
+    worst = max(open_, key=lambda t: t.p if math.isfinite(t.p) else 1.0)
+    m = re.match(r"(\d+) images only A gets right, (\d+) only B", worst.detail)
+    if not m or worst.estimate == 0:
+        return "The closest comparison shows no gap at all: no sample size would decide it."
+    discordant = (int(m.group(1)) + int(m.group(2))) / worst.n
+    need = stats.mcnemar_sample_size(difference=worst.estimate / 100, discordant=discordant,
+                                     alpha=ALPHA / max(1, len(tests)))
+    return (f"If the closest gap ({worst.estimate:+.1f} points) is real, about {need:,} paired images "
+            f"(now {ns_per:,}) would decide it at 80% power.")
+
+
+def paired_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
+    """``winner`` is more accurate than every rival (or, with ``loser``, every rival is more accurate
+    than ``loser``) in every cell (e.g. evaluation), on the same images: exact McNemar per (cell,
+    rival), seeds pooled, Holm over all of them. Holds when every adjusted p < alpha in the claimed
+    direction; does not hold when any comparison is significant the other way; else inconclusive."""
+    frame = _table(claim, tables)
+    unit, value = claim["unit"], claim.get("value", "robust")
+    pair_on = claim.get("pair_on", ["seed", "index"])
+    cells = claim.get("cells", [])
+    focus = claim.get("winner", claim.get("loser"))
+    if frame is None or not len(frame):
+        return not_run(claim, ctx, claim.get("empty", "not run in this profile"))
+    if focus not in set(frame[unit]):
+        return not_run(claim, ctx, f"{focus} was not run in this profile")
+    rivals = [r for r in (claim.get("rivals") or sorted(set(frame[unit]))) if r != focus and r in set(frame[unit])]
+    if not rivals:
+        return not_run(claim, ctx, "none of the rivals was run in this profile")
+    pairs = [(focus, r) for r in rivals] if "winner" in claim else [(r, focus) for r in rivals]
+    groups = frame.groupby(cells, sort=False) if cells else [((), frame)]
+    labels, tests = [], []
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        for a, b in pairs:
+            tests.append(_paired(g, unit=unit, a=a, b=b, value=value, pair_on=pair_on))
+            labels.append(", ".join([*(str(k) for k in key), f"{a} vs {b}"]))
+    if not any(t.n for t in tests):
+        return not_run(claim, ctx, "no image was evaluated by both sides")
+    adjusted = stats.holm([t.p for t in tests])
+    tests = [dataclasses.replace(t, p=p) for t, p in zip(tests, adjusted)]
+    ahead = [t.estimate > 0 and t.p < ALPHA for t in tests]
+    behind = [t.estimate < 0 and t.p < ALPHA for t in tests]
+    closest = min(tests, key=lambda t: (t.estimate if math.isfinite(t.estimate) else math.inf))
+    n_images = max(t.n for t in tests) // max(1, len(ctx.seeds))
+    if all(ahead):
+        outcome, why = "holds", f"significant in all {len(tests)} comparisons after Holm correction."
+    elif any(behind):
+        outcome = "does not hold"
+        why = f"significant the other way in {sum(behind)} of {len(tests)} comparisons (Holm)."
+    else:
+        outcome = "inconclusive"
+        why = (f"significant in the claimed direction in {sum(ahead)} of {len(tests)} comparisons, the other way "
+               "in none. " + _size_hint(tests, n_images))
+    name = (f"smallest lead of {focus} (points)" if "winner" in claim
+            else f"smallest lead over {focus} (points)")
+    return _verdict(claim, ctx, outcome, dataclasses.replace(closest, name=name), why, list(zip(labels, tests)))
+
+
+def paper_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
+    """:func:`paired_best` with the paper's own best row under one evaluation as the winner; the
+    winner is read from the paper's table (fixed before our numbers exist) by the loader."""
+    return paired_best(claim, tables, ctx)
+
+
+def within_model(claim: dict, tables: dict, ctx: Context) -> Verdict:
+    """Under one model, evaluation ``a`` leaves fewer images robust than evaluation ``b`` (paired
+    on the same images). With ``control`` set, the attack must first show power: it must lower
+    accuracy significantly below ``control`` (e.g. natural) on the same model, or the verdict is
+    inconclusive, because a weak attack cannot reveal masking."""
+    frame = _table(claim, tables)
+    if frame is None or not len(frame):
+        return not_run(claim, ctx, "not run in this profile")
+    unit = claim.get("unit", "evaluation")
+    pair_on = claim.get("pair_on", ["seed", "index"])
+    value = claim.get("value", "robust")
+    test = _paired(frame, unit=unit, a=claim["b"], b=claim["a"], value=value, pair_on=pair_on)
+    comps = [(f"{claim['b']} minus {claim['a']}", test)]
+    if "control" in claim:
+        power = _paired(frame, unit=unit, a=claim["control"], b=claim["a"], value=value, pair_on=pair_on)
+        comps.append((f"{claim['control']} minus {claim['a']} (power of {claim['a']})", power))
+        if not (power.estimate > 0 and power.p < ALPHA):
+            return _verdict(claim, ctx, "inconclusive", test,
+                            f"{claim['a']} does not lower accuracy significantly below {claim['control']} "
+                            f"({power.estimate:+.1f} points, p = {power.p:.2g}): too weak to reveal masking.", comps)
+    if test.estimate > 0 and test.p < ALPHA:
+        outcome = "holds"
+    elif test.estimate < 0 and test.p < ALPHA:
+        outcome = "does not hold"
+    else:
+        outcome = "inconclusive"
+    return _verdict(claim, ctx, outcome, test, _size_hint([test], test.n // max(1, len(ctx.seeds)))
+                    if outcome == "inconclusive" else "", comps)
+
+
+def correlation(claim: dict, tables: dict, ctx: Context) -> Verdict:
+    """Spearman's rho of ``x`` and ``y`` with a Fisher interval against a fixed ``threshold``:
+    ``direction = "below"`` claims |rho| < threshold, ``"above"`` claims rho > threshold."""
+    frame = _table(claim, tables)
+    if frame is None or claim["x"] not in frame or claim["y"] not in frame:
+        return not_run(claim, ctx, f"{claim['x']} or {claim['y']} was not measured in this run")
+    t = stats.spearman(frame[claim["x"]], frame[claim["y"]])
+    r0, direction = float(claim["threshold"]), claim["direction"]
+    if not math.isfinite(t.estimate):
+        return _verdict(claim, ctx, "inconclusive", t, f"too few distinct values for a correlation (n = {t.n}).")
+    if direction == "below":
+        inside, outside = (-r0 < t.low and t.high < r0), (t.low > r0 or t.high < -r0)
+    elif direction == "above":
+        inside, outside = t.low > r0, t.high < r0
+    else:
+        raise ValueError(f"direction must be one of: below, above; got {direction!r}")
+    outcome = "holds" if inside else "does not hold" if outside else "inconclusive"
+    why = f"threshold {r0:g} fixed in advance."
+    if outcome == "inconclusive":
+        edge = r0 if t.estimate >= 0 else -r0
+        need = stats.spearman_sample_size(rho=t.estimate, threshold=edge)
+        why += (f" About {need:,} samples would put the interval on one side of {edge:g} if rho stays at "
+                f"{t.estimate:.2f}." if need > 0 else "")
+    return _verdict(claim, ctx, outcome, t, why)
+
+
+def window_spread(claim: dict, tables: dict, ctx: Context) -> Verdict:
+    """Samples at about the same ``x`` (the quantile bin that holds the median of ``x``, its width
+    fixed by ``bins``) differ in ``y``: the relative spread (q90 - q10) / median of ``y`` inside that
+    window, with a bootstrap interval, against a fixed ``threshold``."""
+    frame = _table(claim, tables)
+    if frame is None or claim["x"] not in frame:
+        return not_run(claim, ctx, f"{claim['x']} was not measured in this run")
+    x, y = frame[claim["x"]].to_numpy(float), frame[claim["y"]].to_numpy(float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    bins = int(claim.get("bins", 10))
+    lo, hi = np.quantile(x, [0.5 - 0.5 / bins, 0.5 + 0.5 / bins]) if len(x) else (math.nan, math.nan)
+    inside = y[(x >= lo) & (x <= hi)]
+
+    def spread(v, axis=-1):
+        q10, q50, q90 = np.quantile(v, [0.1, 0.5, 0.9], axis=axis)
+        return (q90 - q10) / np.maximum(q50, 1e-12)
+    spread.__name__ = "relative spread of steps (q90 - q10) / median"
+    if len(inside) < 5:
+        return _verdict(claim, ctx, "inconclusive", stats.Test(spread.__name__, math.nan, math.nan, math.nan,
+                                                                math.nan, len(inside)),
+                        f"only {len(inside)} samples in the central window {lo:.3g}–{hi:.3g} (at least 5 needed).")
+    t = stats.bootstrap_mean(inside, statistic=spread)
+    r0 = float(claim["threshold"])
+    outcome = "holds" if t.low > r0 else "does not hold" if t.high < r0 else "inconclusive"
+    return _verdict(claim, ctx, outcome, t, f"{len(inside)} samples with {claim['x']} in the central "
+                    f"1/{bins} quantile window {lo:.3g}–{hi:.3g}; threshold {r0:g} fixed in advance.")
+
+
+def ratio_above(claim: dict, tables: dict, ctx: Context) -> Verdict:
+    """The median of ``numerator / denominator`` (the denominator times a run parameter, e.g. the
+    step count a straight path would need) exceeds a fixed ``threshold`` (bootstrap interval)."""
+    frame = _table(claim, tables)
+    if frame is None or not len(frame):
+        return not_run(claim, ctx, "not run in this profile")
+    scale = float(ctx.params.get(claim.get("denominator_param", ""), 1.0)) if "denominator_param" in claim else 1.0
+    ratio = frame[claim["numerator"]].to_numpy(float) * scale / frame[claim["denominator"]].to_numpy(float)
+    t = stats.bootstrap_mean(ratio)
+    t = dataclasses.replace(t, name=f"median {claim['numerator']} / straight-line {claim['denominator']}")
+    r0 = float(claim["threshold"])
+    outcome = "holds" if t.low > r0 else "does not hold" if t.high < r0 else "inconclusive"
+    return _verdict(claim, ctx, outcome, t, f"threshold {r0:g} fixed in advance.")
+
+
+def group_difference(claim: dict, tables: dict, ctx: Context) -> Verdict:
+    """Mean of ``value`` in group ``a`` exceeds that in group ``b`` (groups of different images,
+    fixed in the claim, e.g. the paper's classes): bootstrap interval, Mann-Whitney p. With
+    ``unless_default`` set: inconclusive when a or b is the model's most frequent answer in the
+    ``unless_default`` column (its curve is then inflated by default answers)."""
+    frame = _table(claim, tables)
+    if frame is None or claim["value"] not in frame:
+        return not_run(claim, ctx, f"{claim['value']} was not measured in this run")
+    values = frame[claim["value"]].astype(float)
+    if claim.get("invert"):
+        values = 1.0 - values
+    scale = float(claim.get("scale", 1.0))
+    group = frame[claim["group"]]
+    a, b = claim["a"], claim["b"]
+    t = stats.group_difference(scale * values[group == a], scale * values[group == b])
+    t = dataclasses.replace(t, name=f"{claim.get('label', claim['value'])}: {a} minus {b}")
+    if "unless_default" in claim and len(frame):
+        default = frame[claim["unless_default"]].mode().iloc[0]
+        if default in (a, b):
+            return _verdict(claim, ctx, "inconclusive", t, f"{default} is the model's default answer on nearly "
+                            "empty inputs, which inflates its curve (rule fixed in advance).")
+    outcome = ("holds" if t.low > 0 and t.p < ALPHA else "does not hold" if t.high < 0 and t.p < ALPHA
+               else "inconclusive")
+    return _verdict(claim, ctx, outcome, t, "")
+
+
+def flag_precision_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
+    """The trust score's flags are more precise (share of flagged predictions that are wrong, HOL
+    Eq. 4) than each rival score's, in every cell: K-means fitted on the calibration rows as on the
+    page, flags on the other rows, a paired bootstrap over those images per (cell, rival), Holm."""
+    frame = _table(claim, tables)
+    if frame is None or not len(frame):
+        return not_run(claim, ctx, claim.get("empty", "not run in this profile"))
+    cells, attacks = claim.get("cells", ["model"]), claim.get("attacks", ["pgd", "deepfool"])
+    labels, tests = [], []
+    for key, g in frame.groupby(cells, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        cal, ev = g["calibration"].to_numpy(bool), ~g["calibration"].to_numpy(bool)
+        wrong = g["wrong"].to_numpy(bool)[ev]
+        for attack in attacks:
+            if f"T_{attack}" not in g:
+                continue
+            flags = {}
+            for score in (f"T_{attack}", *(r.format(attack=attack) for r in claim["rivals"])):
+                s = g[score].to_numpy(float)
+                flags[score] = kmeans_flags(s[ev], reference=s[cal], seed=int(claim.get("seed", 0)))
+            win = flags.pop(f"T_{attack}")
+            for rival, f in flags.items():
+                def diff(w, r, y):
+                    pw = y[w].mean() if w.any() else math.nan
+                    pr = y[r].mean() if r.any() else math.nan
+                    return 100 * (pw - pr)
+                tests.append(dataclasses.replace(stats.paired_bootstrap(diff, win, f, wrong),
+                                                 name="flagging-accuracy difference (points)"))
+                labels.append(", ".join([*(str(k) for k in key), attack, f"T vs {rival}"]))
+    if not tests:
+        return not_run(claim, ctx, "no trust score was computed in this run")
+    adjusted = stats.holm([t.p for t in tests])
+    tests = [dataclasses.replace(t, p=p) for t, p in zip(tests, adjusted)]
+    minimum = claim.get("at_least", False)
+    if minimum:   # "at least as accurate": fails only where T is significantly worse
+        behind = [t.high < 0 and t.p < ALPHA for t in tests]
+        ok = [t.low > -float(claim.get("margin", 0.0)) for t in tests]
+        outcome = "does not hold" if any(behind) else "holds" if all(ok) else "inconclusive"
+    else:
+        ahead = [t.low > 0 and t.p < ALPHA for t in tests]
+        behind = [t.high < 0 and t.p < ALPHA for t in tests]
+        outcome = "holds" if all(ahead) else "does not hold" if any(behind) else "inconclusive"
+    finite = [t for t in tests if math.isfinite(t.estimate)]
+    head = min(finite, key=lambda t: t.estimate) if finite else tests[0]
+    head = dataclasses.replace(head, name="smallest advantage of T (points)")
+    why = (f"{sum(t.estimate > 0 for t in finite)} of {len(tests)} comparisons favour T; "
+           f"{sum(t.p < ALPHA for t in tests)} are significant after Holm.")
+    return _verdict(claim, ctx, outcome, head, why, list(zip(labels, tests)))
+
+
+RULES: dict[str, Callable[[dict, dict, Context], Verdict]] = {
+    "paired_best": paired_best, "paper_best": paper_best, "within_model": within_model,
+    "correlation": correlation, "window_spread": window_spread, "ratio_above": ratio_above,
+    "group_difference": group_difference, "flag_precision_best": flag_precision_best,
+}
+
+
+def decide(claim: dict, tables: dict[str, pd.DataFrame], ctx: Context) -> Verdict:
+    """Apply the claim's rule to the artifact's saved tables."""
+    if claim.get("rule") not in RULES:
+        raise ValueError(f"claim {claim.get('id')!r}: unknown rule {claim.get('rule')!r}; valid: {', '.join(RULES)}")
+    if claim.get("not_run"):
+        return not_run(claim, ctx, claim["not_run"])
+    return RULES[claim["rule"]](claim, tables, ctx)

@@ -1,0 +1,155 @@
+"""The statistics behind every verdict, from scipy and statsmodels where they have it.
+
+Every function returns plain numbers (statistic, interval, p-value, n) so that the claims engine
+(:mod:`advbook.analysis.claims`) can state them beside its outcome. The rules:
+
+* two models on the **same images**: exact McNemar test on the discordant pairs (a binomial test of
+  how often A is right where B is wrong against the reverse), the paired accuracy difference with a
+  Wald interval on the per-image differences; seeds pool their pairs (each seed's images are
+  paired within that seed);
+* a statistic of several paired per-image columns that is not a mean of per-image flags (such as
+  a flagging precision): a paired percentile bootstrap over images, deterministic for its seed;
+* a rank correlation: Spearman's rho with a Fisher-z interval (standard error 1.03/sqrt(n-3),
+  Fieller, Hartley and Pearson 1957);
+* two groups of **different** images (classes): Mann-Whitney U and a bootstrap interval of the
+  difference of means;
+* several comparisons behind one claim: Holm's step-down correction.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from scipy import stats as _st
+
+__all__ = ["Test", "mcnemar", "paired_bootstrap", "spearman", "group_difference", "holm",
+           "mcnemar_sample_size", "spearman_sample_size", "bootstrap_mean"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Test:
+    """One comparison: the statistic, its interval, the p-value (NaN where a rule uses the interval
+    only) and the number of units it rests on."""
+    name: str
+    estimate: float
+    low: float
+    high: float
+    p: float
+    n: int
+    detail: str = ""
+
+    def interval(self, digits: int = 2) -> str:
+        return f"[{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+def _z(level: float) -> float:
+    return float(_st.norm.ppf(0.5 + level / 2))
+
+
+def mcnemar(a, b, *, level: float = 0.95) -> Test:
+    """A's accuracy minus B's on the same images, in points; ``a`` and ``b`` are per-image booleans
+    (right = True) in the same order. p: exact two-sided McNemar (binomial test on discordant pairs)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"mcnemar needs two flag vectors of one length, got {a.shape} and {b.shape}")
+    n = len(a)
+    if n == 0:
+        return Test("accuracy difference (points)", math.nan, math.nan, math.nan, math.nan, 0)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    d = a.astype(float) - b.astype(float)
+    est = 100 * d.mean()
+    se = 100 * d.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+    half = _z(level) * se
+    p = float(_st.binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+    return Test("accuracy difference (points)", est, est - half, est + half, p, n,
+                detail=f"{only_a} images only A gets right, {only_b} only B")
+
+
+def paired_bootstrap(statistic, *columns, level: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> Test:
+    """Percentile bootstrap over images of ``statistic(*columns)`` (a difference between two
+    models or scores computed on the same images). p: twice the smaller tail share beyond zero."""
+    cols = [np.asarray(c) for c in columns]
+    n = len(cols[0])
+    est = float(statistic(*cols))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_resamples, n))
+    boots = np.array([statistic(*(c[i] for c in cols)) for i in idx], dtype=float)
+    boots = boots[np.isfinite(boots)]
+    if not len(boots) or not math.isfinite(est):
+        return Test("bootstrap difference", est, math.nan, math.nan, math.nan, n)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    p = float(min(1.0, 2 * min((boots <= 0).mean(), (boots >= 0).mean())))
+    return Test("bootstrap difference", est, float(lo), float(hi), p, n)
+
+
+def bootstrap_mean(values, *, statistic=np.median, level: float = 0.95, n_resamples: int = 2000,
+                   seed: int = 0) -> Test:
+    """``statistic`` of ``values`` with a percentile bootstrap interval (scipy.stats.bootstrap)."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return Test(statistic.__name__, math.nan, math.nan, math.nan, math.nan, len(v))
+    res = _st.bootstrap((v,), statistic, confidence_level=level, n_resamples=n_resamples, method="percentile",
+                        random_state=np.random.default_rng(seed))
+    return Test(statistic.__name__, float(statistic(v)), float(res.confidence_interval.low),
+                float(res.confidence_interval.high), math.nan, len(v))
+
+
+def spearman(x, y, *, level: float = 0.95) -> Test:
+    """Spearman's rho of the finite pairs with a Fisher-z interval."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = len(x)
+    if n < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return Test("Spearman rho", math.nan, math.nan, math.nan, math.nan, n)
+    res = _st.spearmanr(x, y)
+    rho = float(res.statistic)
+    z, se = math.atanh(max(min(rho, 0.999999), -0.999999)), 1.03 / math.sqrt(n - 3)
+    half = _z(level) * se
+    return Test("Spearman rho", rho, math.tanh(z - half), math.tanh(z + half), float(res.pvalue), n)
+
+
+def group_difference(a, b, *, level: float = 0.95, seed: int = 0, n_resamples: int = 2000) -> Test:
+    """Mean of ``a`` minus mean of ``b`` for two groups of different images: bootstrap interval
+    (each group resampled on its own), two-sided Mann-Whitney U p-value."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if len(a) < 2 or len(b) < 2:
+        return Test("difference of means", math.nan, math.nan, math.nan, math.nan, len(a) + len(b))
+    res = _st.bootstrap((a, b), lambda u, v, axis=-1: u.mean(axis=axis) - v.mean(axis=axis), confidence_level=level,
+                        n_resamples=n_resamples, method="percentile", random_state=np.random.default_rng(seed))
+    p = float(_st.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    return Test("difference of means", float(a.mean() - b.mean()), float(res.confidence_interval.low),
+                float(res.confidence_interval.high), p, len(a) + len(b), detail=f"{len(a)} against {len(b)} images")
+
+
+def holm(pvalues, *, alpha: float = 0.05) -> list[float]:
+    """Holm-adjusted p-values (statsmodels), NaN kept as NaN."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(pvalues, float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], alpha=alpha, method="holm")[1]
+    return out.tolist()
+
+
+def mcnemar_sample_size(*, difference: float, discordant: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Images needed for McNemar's test to detect an accuracy ``difference`` (a share, not points)
+    when a share ``discordant`` of the images is discordant (Connor 1987)."""
+    d, pd_ = abs(difference), max(discordant, abs(difference))
+    if d == 0 or not math.isfinite(d) or not math.isfinite(pd_):
+        return -1
+    za, zb = _z(1 - alpha), float(_st.norm.ppf(power))
+    return int(math.ceil((za * math.sqrt(pd_) + zb * math.sqrt(max(pd_ - d * d, 0.0))) ** 2 / (d * d)))
+
+
+def spearman_sample_size(*, rho: float, threshold: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Pairs needed for a Fisher-z interval around ``rho`` to exclude ``threshold``."""
+    gap = abs(math.atanh(max(min(rho, 0.999), -0.999)) - math.atanh(threshold))
+    if gap == 0 or not math.isfinite(gap):
+        return -1
+    return int(math.ceil((1.03 * (_z(1 - alpha) + float(_st.norm.ppf(power))) / gap) ** 2 + 3))

@@ -1,0 +1,150 @@
+"""Verdicts on a page: the claims of ``claims.toml`` decided from an artifact's saved files.
+
+A page calls :func:`show` right after writing an artifact. The claims are decided by the engine
+(:mod:`advbook.analysis.claims`) from the files on disk, not from the notebook's variables, so
+:func:`decide_artifact` re-decides any page from its artifacts alone, and the claims page
+(:func:`claims_table`) is built from the ``<ID>.claims.json`` files the pages leave.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+
+from advbook.analysis import claims as engine
+from advbook.book import report
+from advbook.core import cache
+
+__all__ = ["load_claims", "artifact_tables", "context", "decide_artifact", "show", "claims_table", "SECTIONS"]
+
+# artifact prefix -> the page (MyST label) it is shown on, for links from the claims page
+SECTIONS = {"HOL-F2": "hol-ddb", "HOL-F3": "hol-toy", "HOL-T1": "hol-freq", "HOL-F4": "hol-freq",
+            "HOL-T2": "hol-trust", "HOL-T3": "hol-kd", "HOL-F6": "hol-kd", "VIR-T1": "vir-main",
+            "VIR-T2": "vir-scale", "VIR-T3": "vir-scale", "VIR-T4": "vir-scale", "VIR-T5": "vir-scale",
+            **{f"VIR-T{i}": "vir-ablations" for i in (6, 7, 9, 10, 11, 12)}}
+
+
+def _expand_paper_best(claim: dict) -> list[dict]:
+    """One claim per evaluation of the paper's table: its best row there must be the best here."""
+    paper = report.paper_result(claim["artifact"])
+    rows = pd.DataFrame(paper["rows"], columns=paper["columns"])
+    value = "mean" if "mean" in rows else rows.columns[-1]
+    out = []
+    for evaluation, g in rows.groupby("evaluation", sort=False):
+        best = g[g[value] == g[value].max()]
+        if len(best) != 1:
+            continue   # a tie in the paper: no single best row to test
+        winner = best.iloc[0, 0]
+        where = dict(claim.get("where", {}))
+        dataset, _, name = evaluation.rpartition(":")
+        where["evaluation"] = name
+        if dataset:
+            where["dataset"] = dataset
+        out.append({**claim, "id": f"{claim['id']}.{evaluation}", "rule": "paired_best", "winner": winner,
+                    "where": where, "paper_rule": "paper_best",
+                    "statement": f"{claim['statement'].split(':')[0]}: under {evaluation}, the paper's best "
+                                 f"{claim['unit']} ({winner}, {best.iloc[0][value]:.2f}%) is also the best here."})
+    return out
+
+
+def load_claims(artifact_id: str | None = None) -> list[dict]:
+    """The claims of ``claims.toml`` (``paper_best`` entries expanded), of one artifact or all."""
+    with open(Path(__file__).with_name("claims.toml"), "rb") as f:
+        raw = tomllib.load(f)["claim"]
+    out = []
+    for c in raw:
+        if artifact_id is not None and c["artifact"] != artifact_id:
+            continue
+        out += _expand_paper_best(c) if c["rule"] == "paper_best" else [c]
+    return out
+
+
+def artifact_tables(folder: Path, artifact_id: str) -> dict[str, pd.DataFrame]:
+    """The CSV tables of an artifact: ``data`` (``<ID>.csv``), ``samples`` and every ``<ID>.<name>.csv``."""
+    folder = Path(folder)
+    tables = {}
+    main = folder / f"{artifact_id}.csv"
+    if main.exists():
+        tables["data"] = pd.read_csv(main)
+    for path in sorted(folder.glob(f"{artifact_id}.*.csv")):
+        tables[path.name[len(artifact_id) + 1:-len(".csv")]] = pd.read_csv(path)
+    return tables
+
+
+def context(provenance: dict, tables: dict[str, pd.DataFrame]) -> engine.Context:
+    """Profile, dataset, seeds and parameters of an artifact, from its provenance (seeds from the
+    per-sample table where it has a ``seed`` column)."""
+    seeds = (provenance.get("seeds") or {}).get("seed", 0)
+    for name in ("samples", "correct"):
+        t = tables.get(name)
+        if t is not None and "seed" in t:
+            seeds = sorted(int(s) for s in t["seed"].unique())
+            break
+    if "correct" in tables and not isinstance(seeds, list):
+        found = tables["correct"].columns.str.extract(r"_s(\d+)_tau")[0].dropna().astype(int).unique()
+        seeds = sorted(found.tolist()) or seeds
+    seeds = tuple(seeds) if isinstance(seeds, list) else (int(seeds),)
+    return engine.Context(profile=provenance.get("profile", "?"),
+                          dataset=(provenance.get("dataset") or {}).get("name", "?"),
+                          seeds=seeds, params=provenance.get("params", {}))
+
+
+def decide_artifact(folder: Path, artifact_id: str, *, write: bool = True) -> list[engine.Verdict]:
+    """Decide every claim of ``artifact_id`` from its files in ``folder``; write ``<ID>.claims.json``."""
+    folder = Path(folder)
+    prov_path = folder / f"{artifact_id}.provenance.json"
+    provenance = json.loads(prov_path.read_text()) if prov_path.exists() else {}
+    tables = artifact_tables(folder, artifact_id)
+    ctx = context(provenance, tables)
+    status = None
+    if (folder / f"{artifact_id}.json").exists():
+        status = json.loads((folder / f"{artifact_id}.json").read_text()).get("status")
+    verdicts = []
+    for claim in load_claims(artifact_id):
+        if status and str(status).startswith("not run"):
+            reason = json.loads((folder / f"{artifact_id}.json").read_text()).get("reason", status)
+            verdicts.append(engine.not_run(claim, ctx, str(reason)))
+        else:
+            verdicts.append(engine.decide(claim, tables, ctx))
+    if write:
+        cache.write_json(folder / f"{artifact_id}.claims.json", [v.to_dict() for v in verdicts])
+    return verdicts
+
+
+def show(run, artifact_id: str):
+    """Decide the claims of an artifact the page has just written and display them: the paper's
+    statement, then the verdict line with its statistic, interval, p, n, seeds, profile and data."""
+    from IPython.display import Markdown, display
+
+    verdicts = decide_artifact(run.artifact_dir(), artifact_id)
+    if not verdicts:
+        return verdicts
+    lines = [f"**Claims of {artifact_id}, decided by the claims engine** (rules fixed in advance: "
+             "see the *Claims* page).", ""]
+    for v in verdicts:
+        lines.append(f"- *{v.statement}* ({v.claim}) {v.line()}")
+    display(Markdown("\n".join(lines)))
+    return verdicts
+
+
+def comparisons(verdicts: list[engine.Verdict]) -> pd.DataFrame:
+    """Every comparison behind the verdicts, one row each (estimate, interval, adjusted p, n)."""
+    rows = [{"claim": v.claim, "comparison": c["label"], "estimate": c["estimate"], "low": c["low"],
+             "high": c["high"], "p (Holm)": c["p"], "n": c["n"]} for v in verdicts for c in v.comparisons]
+    return pd.DataFrame(rows).round(3)
+
+
+def claims_table(folder: Path) -> pd.DataFrame:
+    """One row per claim of every ``<ID>.claims.json`` in ``folder``: for the claims page."""
+    rows = []
+    for path in sorted(Path(folder).glob("*.claims.json")):
+        for v in json.loads(path.read_text()):
+            fmt = lambda x: "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.2f}"
+            rows.append({"claim": v["claim"], "verdict": v["outcome"], "statistic": v["statistic"],
+                         "estimate": fmt(v["estimate"]), "95% CI": f"[{fmt(v['low'])}, {fmt(v['high'])}]",
+                         "p": fmt(v["p"]), "n": v["n"], "seeds": v["seeds"], "profile": v["profile"],
+                         "dataset": v["dataset"], "statement": v["statement"], "section": SECTIONS.get(v["artifact"], "")})
+    return pd.DataFrame(rows)
