@@ -27,6 +27,7 @@ from advbook.analysis.trust import kmeans_flags
 __all__ = ["Verdict", "Context", "RULES", "VIEWS", "decide", "not_run", "ALPHA", "OUTCOMES"]
 
 ALPHA = 0.05
+MIN_WINDOW = 20   # samples a window needs before its spread can decide anything
 OUTCOMES = ("holds", "does not hold", "inconclusive", "not run")
 
 
@@ -128,11 +129,29 @@ def _table(claim: dict, tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
 # Rules
 # ---------------------------------------------------------------------------------------------
 
+def _wide(frame: pd.DataFrame, *, unit: str, value: str, pair_on: list[str]) -> pd.DataFrame:
+    """One column of ``value`` per ``unit``, one row per image (``pair_on``); NaN where a unit has no
+    flag for an image. The same image twice for one unit is an error, not a cross product."""
+    keys = [*pair_on, unit]
+    dup = frame.duplicated(keys)
+    if dup.any():
+        first = frame.loc[dup, keys].iloc[0].to_dict()
+        raise ValueError(f"several rows for one image and {unit} ({first}); add the column that tells them "
+                         "apart to the claim's cells or where")
+    return frame.set_index(keys)[value].unstack(unit).astype(float)
+
+
+def _pair_test(wide: pd.DataFrame, a, b) -> stats.Test:
+    """A minus B on the images both were evaluated on (a missing flag drops the image: NaN is not "right")."""
+    if a not in wide or b not in wide:
+        return stats.mcnemar(np.zeros(0, bool), np.zeros(0, bool))
+    va, vb = wide[a].to_numpy(float), wide[b].to_numpy(float)
+    ok = np.isfinite(va) & np.isfinite(vb)
+    return stats.mcnemar(va[ok] != 0, vb[ok] != 0)
+
+
 def _paired(frame: pd.DataFrame, *, unit: str, a: str, b: str, value: str, pair_on: list[str]) -> stats.Test:
-    left = frame[frame[unit] == a].set_index(pair_on)[value]
-    right = frame[frame[unit] == b].set_index(pair_on)[value]
-    both = left.to_frame("a").join(right.to_frame("b"), how="inner")
-    return stats.mcnemar(both["a"].to_numpy(bool), both["b"].to_numpy(bool))
+    return _pair_test(_wide(frame[frame[unit].isin([a, b])], unit=unit, value=value, pair_on=pair_on), a, b)
 
 
 def _size_hint(tests: list[stats.Test], ns_per: int) -> str:
@@ -163,9 +182,10 @@ def paired_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
     focus = claim.get("winner", claim.get("loser"))
     if frame is None or not len(frame):
         return not_run(claim, ctx, claim.get("empty", "not run in this profile"))
-    if focus not in set(frame[unit]):
+    units = set(frame[unit].unique())
+    if focus not in units:
         return not_run(claim, ctx, f"{focus} was not run in this profile")
-    rivals = [r for r in (claim.get("rivals") or sorted(set(frame[unit]))) if r != focus and r in set(frame[unit])]
+    rivals = [r for r in (claim.get("rivals") or sorted(units)) if r != focus and r in units]
     if not rivals:
         return not_run(claim, ctx, "none of the rivals was run in this profile")
     pairs = [(focus, r) for r in rivals] if "winner" in claim else [(r, focus) for r in rivals]
@@ -173,8 +193,9 @@ def paired_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
     labels, tests = [], []
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
+        wide = _wide(g, unit=unit, value=value, pair_on=pair_on)
         for a, b in pairs:
-            tests.append(_paired(g, unit=unit, a=a, b=b, value=value, pair_on=pair_on))
+            tests.append(_pair_test(wide, a, b))
             labels.append(", ".join([*(str(k) for k in key), f"{a} vs {b}"]))
     if not any(t.n for t in tests):
         return not_run(claim, ctx, "no image was evaluated by both sides")
@@ -270,7 +291,8 @@ def window_spread(claim: dict, tables: dict, ctx: Context) -> Verdict:
     x, y = frame[claim["x"]].to_numpy(float), frame[claim["y"]].to_numpy(float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
-    bins = int(claim.get("bins", 10))
+    bins = int(ctx.params.get(claim["bins_param"], claim.get("bins", 10)) if "bins_param" in claim
+               else claim.get("bins", 10))
     lo, hi = np.quantile(x, [0.5 - 0.5 / bins, 0.5 + 0.5 / bins]) if len(x) else (math.nan, math.nan)
     inside = y[(x >= lo) & (x <= hi)]
 
@@ -278,10 +300,12 @@ def window_spread(claim: dict, tables: dict, ctx: Context) -> Verdict:
         q10, q50, q90 = np.quantile(v, [0.1, 0.5, 0.9], axis=axis)
         return (q90 - q10) / np.maximum(q50, 1e-12)
     spread.__name__ = "relative spread of steps (q90 - q10) / median"
-    if len(inside) < 5:
+    if len(inside) < MIN_WINDOW:
+        need = int(math.ceil(MIN_WINDOW * len(frame) / max(len(inside), 1)))
         return _verdict(claim, ctx, "inconclusive", stats.Test(spread.__name__, math.nan, math.nan, math.nan,
                                                                 math.nan, len(inside)),
-                        f"only {len(inside)} samples in the central window {lo:.3g}–{hi:.3g} (at least 5 needed).")
+                        f"only {len(inside)} samples in the central window {lo:.3g}–{hi:.3g}; {MIN_WINDOW} are "
+                        f"needed, about {need:,} attacked samples instead of {len(frame):,}.")
     t = stats.bootstrap_mean(inside, statistic=spread)
     r0 = float(claim["threshold"])
     outcome = "holds" if t.low > r0 else "does not hold" if t.high < r0 else "inconclusive"

@@ -19,7 +19,7 @@ def ddb_vs_steps(samples: pd.DataFrame, *, attacks: list[str], boxes: dict[str, 
     """HOL Fig. 2: one panel per attack, DDB (y) against steps to attack (x).
 
     ``samples`` has columns ``ddb_<attack>``, ``steps_<attack>`` and ``success_<attack>``;
-    ``boxes[attack]`` is a ``vulnerability.similar_ddb_window`` result, drawn as the green box.
+    ``boxes[attack]`` is a ``vulnerability.central_window`` result, drawn as the green box.
     Steps are jittered horizontally by up to ±0.2 so that stacked points stay visible.
     """
     fig = new_figure(width=5.2 * len(attacks), height=4.2)

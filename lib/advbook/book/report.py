@@ -152,3 +152,28 @@ def best_agreement(results: pd.DataFrame, artifact_id: str, *, row: str) -> str:
     return (f"the paper's best {row} is also ours under **{int(best.agree.sum())} of {len(best)}** evaluations "
             f"(ours: {', '.join(f'{e}: {r.ours}' for e, r in best.iterrows())}; "
             f"paper: {', '.join(f'{e}: {r.paper}' for e, r in best.iterrows())})")
+
+
+def params_table(params: dict) -> pd.DataFrame:
+    """The resolved parameters of a page, one row each (what the page actually ran with)."""
+    return pd.DataFrame({"value": [str(v) for v in params.values()]}, index=pd.Index(list(params), name="parameter"))
+
+
+def model_note(trained, dataset, *, paper_model: str, robust: str = ""):
+    """One Markdown line on a page's model: architecture, cached or trained now, training time and
+    images, clean accuracy on the whole test split, and what it stands in for."""
+    from IPython.display import Markdown, display
+
+    from advbook.models.predict import predict
+
+    pred = predict(trained.model, dataset.test.images).argmax(1)
+    acc = 100 * (pred == dataset.test.labels).float().mean().item()
+    name = trained.meta["model"]
+    display(Markdown(
+        f"**{name}**{robust} ({'loaded from the cache' if trained.from_cache else 'trained now'}, "
+        f"{trained.meta['train_seconds']:.0f} s of training on {trained.meta['n_train']} images of `{dataset.name}`): "
+        f"clean accuracy on the {len(dataset.test)} test images **{acc:.2f}%**."
+        + ("" if name == paper_model else f" This profile substitutes `{name}` for the paper's `{paper_model}`.")
+        + ("" if dataset.name == "cifar10" else f" Data: `{dataset.name}`, not the original CIFAR-10 "
+           "(see the Reproducing page).")))
+    return acc
