@@ -21,7 +21,7 @@ import torch
 
 from advbook.models.predict import predict
 
-__all__ = ["dct_matrix", "dct2", "idct2", "band_index", "band_masks", "low_pass", "high_pass",
+__all__ = ["partial_highpass", "dct_matrix", "dct2", "idct2", "band_index", "band_masks", "low_pass", "high_pass",
            "filtered_stack", "band_predictions", "flipping_frequency", "band_requirement", "band_accuracy"]
 
 
@@ -153,3 +153,16 @@ def band_accuracy(preds: torch.Tensor, labels: torch.Tensor, *, num_classes: int
     out = torch.zeros(preds.shape[0], num_classes)
     out.index_add_(1, labels, correct)
     return out / counts
+
+
+def partial_highpass(preds: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per image, from :func:`band_predictions` (``preds[k]`` = predictions on the input keeping
+    bands ``k`` to ``k_max - 1``): the accuracy averaged over the partial high-pass inputs
+    ``k = 1 .. k_max - 1`` (HOL Fig. 4's curves without the full and the empty image), and the
+    prediction on the emptiest of them (band ``k_max - 1`` alone), where a model falls back on a
+    default answer."""
+    k_max = preds.shape[0] - 1
+    if k_max < 2:
+        raise ValueError(f"need at least 3 band levels, got {preds.shape[0]}")
+    correct = (preds == labels.view(1, -1).to(preds.device)).float()
+    return {"partial_highpass_accuracy": correct[1:k_max].mean(0).cpu(), "emptiest_prediction": preds[k_max - 1].cpu()}

@@ -177,3 +177,9 @@ def model_note(trained, dataset, *, paper_model: str, robust: str = ""):
         + ("" if dataset.name == "cifar10" else f" Data: `{dataset.name}`, not the original CIFAR-10 "
            "(see the Reproducing page).")))
     return acc
+
+
+def paper_table(artifact_id: str) -> pd.DataFrame:
+    """The numbers the paper prints for ``artifact_id``, as a table (its ``columns`` and ``rows``)."""
+    paper = paper_result(artifact_id)
+    return pd.DataFrame(paper.get("rows", []), columns=paper.get("columns"))
