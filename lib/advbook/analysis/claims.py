@@ -154,20 +154,26 @@ def _paired(frame: pd.DataFrame, *, unit: str, a: str, b: str, value: str, pair_
     return _pair_test(_wide(frame[frame[unit].isin([a, b])], unit=unit, value=value, pair_on=pair_on), a, b)
 
 
-def _size_hint(tests: list[stats.Test], ns_per: int) -> str:
-    """How many images per model would decide the least decided comparison, if its gap is real."""
-    open_ = [t for t in tests if t.n and math.isfinite(t.estimate)]
+def _size_hint(tests: list[stats.Test], seeds: int, labels: list[str] | None = None) -> str:
+    """How many images would decide the least decided comparison (largest p), if its gap is real.
+    Each test is oriented so that a positive estimate is the claimed direction; pairs are pooled
+    over ``seeds``, so the count is given per seed, as the run's size is."""
+    open_ = [(i, t) for i, t in enumerate(tests) if t.n and math.isfinite(t.estimate)]
     if not open_:
         return ""
-    worst = max(open_, key=lambda t: t.p if math.isfinite(t.p) else 1.0)
+    i, worst = max(open_, key=lambda it: it[1].p if math.isfinite(it[1].p) else 1.0)
+    what = f"the least decided comparison ({labels[i]})" if labels else "the comparison"
     m = re.match(r"(\d+) images only A gets right, (\d+) only B", worst.detail)
     if not m or worst.estimate == 0:
-        return "The closest comparison shows no gap at all: no sample size would decide it."
+        return f"In {what} the two sides are level: no sample size would decide it."
     discordant = (int(m.group(1)) + int(m.group(2))) / worst.n
     need = stats.mcnemar_sample_size(difference=worst.estimate / 100, discordant=discordant,
                                      alpha=ALPHA / max(1, len(tests)))
-    return (f"If the closest gap ({worst.estimate:+.1f} points) is real, about {need:,} paired images "
-            f"(now {ns_per:,}) would decide it at 80% power.")
+    seeds = max(1, seeds)
+    per = f" per seed ({seeds} seeds pooled)" if seeds > 1 else ""
+    side = "for" if worst.estimate > 0 else "against"
+    return (f"If the gap in {what} ({worst.estimate:+.1f} points) is real, about {math.ceil(need / seeds):,} "
+            f"paired images{per} (now {worst.n // seeds:,}) would decide it, {side} the claim, at 80% power.")
 
 
 def paired_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
@@ -204,7 +210,6 @@ def paired_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
     ahead = [t.estimate > 0 and t.p < ALPHA for t in tests]
     behind = [t.estimate < 0 and t.p < ALPHA for t in tests]
     closest = min(tests, key=lambda t: (t.estimate if math.isfinite(t.estimate) else math.inf))
-    n_images = max(t.n for t in tests) // max(1, len(ctx.seeds))
     if all(ahead):
         outcome, why = "holds", f"significant in all {len(tests)} comparisons after Holm correction."
     elif any(behind):
@@ -213,7 +218,7 @@ def paired_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
     else:
         outcome = "inconclusive"
         why = (f"significant in the claimed direction in {sum(ahead)} of {len(tests)} comparisons, the other way "
-               "in none. " + _size_hint(tests, n_images))
+               "in none. " + _size_hint(tests, len(ctx.seeds), labels))
     name = (f"smallest lead of {focus} (points)" if "winner" in claim
             else f"smallest lead over {focus} (points)")
     return _verdict(claim, ctx, outcome, dataclasses.replace(closest, name=name), why, list(zip(labels, tests)))
@@ -251,7 +256,7 @@ def within_model(claim: dict, tables: dict, ctx: Context) -> Verdict:
         outcome = "does not hold"
     else:
         outcome = "inconclusive"
-    return _verdict(claim, ctx, outcome, test, _size_hint([test], test.n // max(1, len(ctx.seeds)))
+    return _verdict(claim, ctx, outcome, test, _size_hint([test], len(ctx.seeds))
                     if outcome == "inconclusive" else "", comps)
 
 
@@ -286,8 +291,8 @@ def window_spread(claim: dict, tables: dict, ctx: Context) -> Verdict:
     fixed by ``bins``) differ in ``y``: the relative spread (q90 - q10) / median of ``y`` inside that
     window, with a bootstrap interval, against a fixed ``threshold``."""
     frame = _table(claim, tables)
-    if frame is None or claim["x"] not in frame:
-        return not_run(claim, ctx, f"{claim['x']} was not measured in this run")
+    if frame is None or claim["x"] not in frame or claim["y"] not in frame:
+        return not_run(claim, ctx, f"{claim['x']} or {claim['y']} was not measured in this run")
     x, y = frame[claim["x"]].to_numpy(float), frame[claim["y"]].to_numpy(float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
@@ -344,8 +349,11 @@ def group_difference(claim: dict, tables: dict, ctx: Context) -> Verdict:
     a, b = claim["a"], claim["b"]
     t = stats.group_difference(scale * values[group == a], scale * values[group == b])
     t = dataclasses.replace(t, name=f"{claim.get('label', claim['value'])}: {a} minus {b}")
-    if "unless_default" in claim and len(frame):
-        default = frame[claim["unless_default"]].mode().iloc[0]
+    answers = frame[claim["unless_default"]].dropna() if claim.get("unless_default") in frame else None
+    if "unless_default" in claim and answers is None:
+        return not_run(claim, ctx, f"{claim['unless_default']} was not measured in this run")
+    if answers is not None and len(answers):
+        default = answers.mode().iloc[0]
         if default in (a, b):
             return _verdict(claim, ctx, "inconclusive", t, f"{default} is the model's default answer on nearly "
                             "empty inputs, which inflates its curve (rule fixed in advance).")
@@ -373,7 +381,7 @@ def flag_precision_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
             flags = {}
             for score in (f"T_{attack}", *(r.format(attack=attack) for r in claim["rivals"])):
                 s = g[score].to_numpy(float)
-                flags[score] = kmeans_flags(s[ev], reference=s[cal], seed=int(claim.get("seed", 0)))
+                flags[score] = kmeans_flags(s[ev], reference=s[cal], seed=int(ctx.params.get("seed", 0)))
             win = flags.pop(f"T_{attack}")
             for rival, f in flags.items():
                 def diff(w, r, y):

@@ -168,3 +168,50 @@ def score_model(model, x, y, *, attacks: dict, calibration, attack_batch_size: i
         **{f"ddb_{a}": d for a, d in ddb.items()}, "flipping_frequency": ff}),
         score_frame(ddb=ddb, ff=ff, reference=calibration)], axis=1)
     return rows, per_sample
+
+
+def calibration_mask(n: int, *, share: float, seed: int) -> np.ndarray:
+    """A seeded random ``share`` of ``n`` samples that fixes the normalisation and the clusters;
+    the other samples are the ones whose flags are judged (HOL §8, calibrated protocol)."""
+    if not 0 < share < 1:
+        raise ValueError(f"share must be in (0, 1), got {share}")
+    mask = np.zeros(n, bool)
+    mask[np.random.default_rng(seed).permutation(n)[: int(share * n)]] = True
+    return mask
+
+
+def split_attack(results: "pd.DataFrame") -> "pd.DataFrame":
+    """Score names such as ``T_pgd`` split into ``score`` (``T``) and ``attack`` (``pgd``);
+    ``f_hat`` uses no attack (``both``)."""
+    out = results.copy()
+    out["attack"] = out["score"].str.extract(r"_(pgd|deepfool)$", expand=False).fillna("both")
+    out["score"] = out["score"].str.replace(r"_(pgd|deepfool)$", "", regex=True)
+    return out
+
+
+def score_models(models: dict, x, y, *, keys: tuple[str, ...] = ("model",), index=None, attacks: dict, calibration,
+                 attack_batch_size: int, batch_size_eval: int, seed: int = 0):
+    """:func:`score_model` for every model of ``models`` (key -> network; a tuple key gives one
+    column per name of ``keys``) on the same inputs. Returns ``(results, samples)``: flagging
+    reports with ``score`` and ``attack`` split, and the per-sample scores with ``index``."""
+    import pandas as pd
+
+    rows, per_sample = [], []
+    for key, model in models.items():
+        cols = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        r, s = score_model(model, x, y, attacks=attacks, calibration=calibration, seed=seed,
+                           attack_batch_size=attack_batch_size, batch_size_eval=batch_size_eval)
+        rows += [{**cols, **row} for row in r]
+        per_sample.append(s.assign(**cols, **({"index": np.asarray(index)} if index is not None else {})))
+    return split_attack(pd.DataFrame(rows)), pd.concat(per_sample, ignore_index=True)
+
+
+def expand_both(results: "pd.DataFrame") -> "pd.DataFrame":
+    """Rows of the attack-free score (``attack == "both"``) repeated under every attack, as the
+    paper prints ``f_hat`` in both columns of Table 2."""
+    import pandas as pd
+
+    attacks = sorted(set(results["attack"]) - {"both"})
+    both = results[results["attack"] == "both"]
+    return pd.concat([results[results["attack"] != "both"], *(both.assign(attack=a) for a in attacks)],
+                     ignore_index=True)

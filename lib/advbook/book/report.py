@@ -183,3 +183,14 @@ def paper_table(artifact_id: str) -> pd.DataFrame:
     """The numbers the paper prints for ``artifact_id``, as a table (its ``columns`` and ``rows``)."""
     paper = paper_result(artifact_id)
     return pd.DataFrame(paper.get("rows", []), columns=paper.get("columns"))
+
+
+def cells_beside(ours: pd.DataFrame, artifact_id: str, *, keys: list[str], value: str, index: list[str],
+                 columns: str, label: str = "ours") -> pd.DataFrame:
+    """The paper's numbers beside ours, cell by cell: both tables are matched on ``keys`` and
+    pivoted to ``index`` rows and (paper | ours) x ``columns`` columns. The paper's value column is
+    the last of its ``columns``; ours is ``value``."""
+    paper = paper_table(artifact_id)
+    paper = paper.rename(columns={paper.columns[-1]: "paper"})
+    side = paper.merge(ours[keys + [value]].rename(columns={value: label}), on=keys, how="outer")
+    return side.pivot_table(index=index, columns=columns, values=["paper", label], sort=False).round(1)
