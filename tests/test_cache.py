@@ -44,14 +44,48 @@ def test_checkpoint_roundtrip_and_corruption(tmp_path):
 
 
 def test_checkpoints_refuse_arbitrary_pickles(tmp_path):
+    ran = tmp_path / "code-ran"
+
     class Evil:
         def __reduce__(self):
-            return (print, ("code ran",))
+            return (open, (str(ran), "w"))  # unpickling it would create the file
 
     path = tmp_path / "evil.pt"
-    torch.save({"x": Evil()}, path)  # no .sha256 beside it: only weights_only stands in the way
+    torch.save({"x": Evil()}, path)
+    # a matching checksum file beside it: only weights_only stands in the way
+    path.with_name("evil.pt.sha256").write_text(cache.sha256_file(path) + "\n")
     with pytest.raises(cache.CorruptCheckpoint, match="cannot read"):
         cache.load_checkpoint(path)
+    assert not ran.exists()
+
+
+def test_identical_states_give_identical_checkpoint_bytes(tmp_path):
+    state = {"w": torch.arange(6.0).reshape(2, 3), "n": 3}
+    first = cache.save_checkpoint(tmp_path / "a.pt", state)
+    again = cache.save_checkpoint(tmp_path / "a.pt", state)
+    elsewhere = cache.save_checkpoint(tmp_path / "b.pt", {k: (v.clone() if torch.is_tensor(v) else v)
+                                                          for k, v in state.items()})
+    assert first == again == elsewhere
+    assert cache.sha256_file(tmp_path / "a.pt") == cache.sha256_file(tmp_path / "b.pt") == first
+
+
+def test_a_checkpoint_without_its_checksum_file_is_not_used(tmp_path):
+    path = tmp_path / "ck.pt"
+    cache.save_checkpoint(path, {"w": torch.arange(1000.0)})
+    data = bytearray(path.read_bytes())
+    data[data.find(torch.arange(1000.0).numpy().tobytes()[400:408])] ^= 0xFF  # a flipped bit in the weights
+    path.write_bytes(bytes(data))
+    path.with_name("ck.pt.sha256").unlink()
+    with pytest.raises(cache.CorruptCheckpoint, match=r"no checksum file ck\.pt\.sha256"):
+        cache.load_checkpoint(path)
+
+
+def test_an_expected_checksum_must_match_too(tmp_path):
+    path = tmp_path / "ck.pt"
+    digest = cache.save_checkpoint(path, {"w": torch.zeros(3)})
+    assert torch.equal(cache.load_checkpoint(path, sha256=digest)["w"], torch.zeros(3))
+    with pytest.raises(cache.CorruptCheckpoint, match="checksum mismatch"):
+        cache.load_checkpoint(path, sha256="0" * 64)
 
 
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):

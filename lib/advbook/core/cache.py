@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import torch
 
 __all__ = [
     "cache_dir", "stable_hash", "atomic_path", "write_json", "read_json",
-    "sha256_file", "save_checkpoint", "load_checkpoint", "CorruptCheckpoint", "clear",
+    "sha256_file", "write_bytes", "save_checkpoint", "load_checkpoint", "CorruptCheckpoint", "clear",
 ]
 
 
@@ -77,35 +78,62 @@ def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and durably (flushed to disk before the rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> str:
     """Save ``state`` atomically with ``torch.save``; return the file's sha256.
 
-    The checksum is also written to ``<path>.sha256`` so a later load can detect a
-    truncated or altered file.
+    The bytes are made in memory (``torch.save`` to a buffer records no file name), so equal
+    states give equal files and equal checksums wherever they are saved. The checksum is also
+    written to ``<path>.sha256`` so that a later load can detect a truncated or altered file.
     """
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    digest = sha256_file(path)
-    with atomic_path(path.with_name(path.name + ".sha256")) as tmp:
-        tmp.write_text(digest + "\n")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    write_bytes(path, data)
+    write_bytes(path.with_name(path.name + ".sha256"), (digest + "\n").encode())
     return digest
 
 
-def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict:
+def _sha256_stream(f) -> str:
+    h = hashlib.sha256()
+    while block := f.read(1 << 20):
+        h.update(block)
+    return h.hexdigest()
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", sha256: str | None = None) -> dict:
     """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
 
-    Raises :class:`CorruptCheckpoint` if the checksum does not match or the file cannot
-    be unpickled; callers delete it and rebuild.
+    The file must match its ``<path>.sha256`` (and ``sha256`` when given). A file without that
+    checksum file is *not verified* and is refused like a corrupt one: a truncated or bit-flipped
+    checkpoint may still unpickle, and nothing else can tell it from the real one. Raises
+    :class:`CorruptCheckpoint`; callers delete the file and rebuild it.
     """
     path = Path(path)
     sums = path.with_name(path.name + ".sha256")
-    if sums.exists() and sums.read_text().strip() != sha256_file(path):
-        raise CorruptCheckpoint(f"checksum mismatch for {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # any unpickling failure means the file is unusable
-        raise CorruptCheckpoint(f"cannot read {path}: {exc}") from exc
+    if not sums.exists():
+        raise CorruptCheckpoint(f"{path} has no checksum file {sums.name}: not verified")
+    expected = {sums.read_text().strip()} | ({sha256} if sha256 is not None else set())
+    with open(path, "rb") as f:  # hash and load the same open file, even if it is replaced meanwhile
+        actual = _sha256_stream(f)
+        if expected != {actual}:
+            raise CorruptCheckpoint(f"checksum mismatch for {path}")
+        f.seek(0)
+        try:
+            return torch.load(f, map_location=map_location, weights_only=True)
+        except Exception as exc:  # any unpickling failure means the file is unusable
+            raise CorruptCheckpoint(f"cannot read {path}: {exc}") from exc
 
 
 def clear(sub: str | None = None) -> Path:
