@@ -146,3 +146,18 @@ def distil_grid(*, dataset: Dataset, teacher: TrainedModel, pool_index: torch.Te
                      "key": trained.key})
     selections = pd.DataFrame({"pool_index": pool_index.numpy(), "label": pool_labels, **chosen})
     return pd.DataFrame(rows), selections, pd.DataFrame(correct), students
+
+
+def selection_summary(pool: pd.DataFrame, labels, *, criteria, per_class: int, seed: int) -> pd.DataFrame:
+    """What each criterion's largest transfer set holds, beside the whole pool: size, mean DDB,
+    flipping frequency and T, and how often the teacher is right on it (the mechanism §9 relies on)."""
+    labels = np.asarray(labels)
+
+    def row(name, chosen):
+        sel = pool.iloc[chosen]
+        return {"criterion": name, "images": len(chosen), "mean DDB": sel.ddb.mean(),
+                "mean flipping frequency": sel.flipping_frequency.mean(), "mean T": sel["T"].mean(),
+                "teacher right (%)": 100 * (sel.teacher_prediction.to_numpy() == labels[chosen]).mean()}
+    rows = [row(c, select_transfer_set(criterion=c, labels=labels, per_class=per_class, scores=pool,
+                                       seed=seed).numpy()) for c in criteria]
+    return pd.DataFrame(rows + [row("whole pool", np.arange(len(pool)))]).set_index("criterion")

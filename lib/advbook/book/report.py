@@ -189,8 +189,12 @@ def cells_beside(ours: pd.DataFrame, artifact_id: str, *, keys: list[str], value
                  columns: str, label: str = "ours") -> pd.DataFrame:
     """The paper's numbers beside ours, cell by cell: both tables are matched on ``keys`` and
     pivoted to ``index`` rows and (paper | ours) x ``columns`` columns. The paper's value column is
-    the last of its ``columns``; ours is ``value``."""
+    the last of its ``columns``; ours is ``value``, as mean ± std over seeds where ``ours`` has
+    several (a ``seed`` column)."""
     paper = paper_table(artifact_id)
     paper = paper.rename(columns={paper.columns[-1]: "paper"})
-    side = paper.merge(ours[keys + [value]].rename(columns={value: label}), on=keys, how="outer")
-    return side.pivot_table(index=index, columns=columns, values=["paper", label], sort=False).round(1)
+    several = "seed" in ours and ours["seed"].nunique() > 1
+    agg = ours.groupby(keys, sort=False)[value].agg(["mean", "std"]).reset_index()
+    agg[label] = [f"{m:.1f} ± {s:.1f}" if several else round(m, 1) for m, s in zip(agg["mean"], agg["std"])]
+    side = paper.merge(agg[keys + [label]], on=keys, how="outer")
+    return side.pivot_table(index=index, columns=columns, values=["paper", label], aggfunc="first", sort=False)
