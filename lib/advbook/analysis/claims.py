@@ -362,6 +362,13 @@ def group_difference(claim: dict, tables: dict, ctx: Context) -> Verdict:
     return _verdict(claim, ctx, outcome, t, "")
 
 
+def _precision_gap(w, r, y):
+    """Flagging accuracy (share of flagged that are wrong, in points) of flags ``w`` minus that of
+    ``r``, row by row (one row per bootstrap resample); NaN where a side flags nothing."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 100 * ((w & y).sum(-1) / w.sum(-1) - (r & y).sum(-1) / r.sum(-1))
+
+
 def flag_precision_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
     """The trust score's flags are more precise (share of flagged predictions that are wrong, HOL
     Eq. 4) than each rival score's, in every cell: K-means fitted on the calibration rows as on the
@@ -384,11 +391,7 @@ def flag_precision_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
                 flags[score] = kmeans_flags(s[ev], reference=s[cal], seed=int(ctx.params.get("seed", 0)))
             win = flags.pop(f"T_{attack}")
             for rival, f in flags.items():
-                def diff(w, r, y):
-                    pw = y[w].mean() if w.any() else math.nan
-                    pr = y[r].mean() if r.any() else math.nan
-                    return 100 * (pw - pr)
-                tests.append(dataclasses.replace(stats.paired_bootstrap(diff, win, f, wrong),
+                tests.append(dataclasses.replace(stats.paired_bootstrap(_precision_gap, win, f, wrong, vectorized=True),
                                                  name="flagging-accuracy difference (points)"))
                 labels.append(", ".join([*(str(k) for k in key), attack, f"T vs {rival}"]))
     if not tests:
