@@ -198,11 +198,31 @@ def test_threat_projection_is_idempotent_and_within_ball():
     for name, eps in (("linf", 0.05), ("l2", 0.3)):
         t = threats.get_threat(name, eps=eps, step_size=0.01)
         far = (x + torch.randn(x.shape, generator=g)).clamp(0, 1)
-        p = t.project(far, x)
-        torch.testing.assert_close(t.project(p, x), p)
+        p = t.project(far, x=x)
+        torch.testing.assert_close(t.project(p, x=x), p)
         size = (p - x).flatten(1).abs().amax(1) if name == "linf" else (p - x).flatten(1).norm(dim=1)
         assert (size <= eps + 1e-6).all()
         start = t.init(x, generator=g)
         assert start.min() >= 0 and start.max() <= 1
         size = (start - x).flatten(1).abs().amax(1) if name == "linf" else (start - x).flatten(1).norm(dim=1)
         assert (size <= eps + 1e-6).all()
+
+
+def test_same_shaped_arguments_are_taken_by_name(affine, half):
+    """sign_ascent's start and a threat's clean input or gradient are keyword-only: each has the shape
+    of the tensor beside it, and a swap would centre the ball (or step) on the wrong one."""
+    model = binary_affine(affine, torch.ones(48), margin=1.0)
+    y = torch.tensor([0])
+    start = (half + 0.01).clamp(0, 1)
+    kw = dict(objective=lambda logits: logits[:, 1].sum(), eps=0.05, step_size=0.01, steps=3)
+    with pytest.raises(TypeError):
+        attacks.sign_ascent(model, half, start, **kw)
+    out = attacks.sign_ascent(model, half, x_start=start, **kw)
+    assert (out - half).abs().max() <= 0.05 + 1e-7                     # projected around x, not the start
+    torch.testing.assert_close(out, half + 0.04)                        # 0.01 + 3 steps of 0.01 upwards
+    t = threats.get_threat("linf", eps=0.05, step_size=0.01)
+    with pytest.raises(TypeError):
+        t.project(start, half)
+    with pytest.raises(TypeError):
+        t.step(half, torch.ones_like(half))
+    assert attacks.pgd(model, half, y, eps=0.05, step_size=0.01, steps=2).x_adv.shape == half.shape

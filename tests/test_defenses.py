@@ -27,9 +27,11 @@ def test_defense_configs_carry_the_papers_hyperparameters():
 
 
 def test_confusion_rows_are_percentages_of_the_true_class():
-    m = compare.confusion([0, 0, 0, 1, 1, 2], [0, 1, 1, 1, 1, 0], num_classes=3)
+    m = compare.confusion(labels=[0, 0, 0, 1, 1, 2], predictions=[0, 1, 1, 1, 1, 0], num_classes=3)
     assert m[0].tolist() == pytest.approx([100 / 3, 200 / 3, 0])
     assert m[1].tolist() == [0, 100, 0] and m[2].tolist() == [100, 0, 0]
+    with pytest.raises(TypeError):  # a swap would transpose the matrix: the arrays go by name
+        compare.confusion([0, 1], [1, 1], num_classes=2)
 
 
 def test_reweighting_defenses_fork_from_their_base_and_record_weights(synth, fresh_cache):

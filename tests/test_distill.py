@@ -23,22 +23,36 @@ def test_kd_loss_matches_its_formula_on_a_hand_case():
     kl = float((p_t * np.log(p_t / p_s)).sum())
     ce = float(-np.log(np.exp(s.numpy()[0, 1]) / np.exp(s.numpy()[0]).sum()))
     expected = (1 - lam) * tau ** 2 * kl + lam * ce
-    assert kd_loss(s, t, y, tau=tau, lam=lam).item() == pytest.approx(expected, rel=1e-6)
+    loss = kd_loss(student_logits=s, teacher_logits=t, labels=y, tau=tau, lam=lam)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kd_loss_takes_the_two_logits_by_name_only():
+    s, t, y = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.5, 1.5, 0.0]]), torch.tensor([1])
+    with pytest.raises(TypeError):
+        kd_loss(s, t, y, tau=2.0, lam=0.3)
+    # the swap the keywords rule out is not harmless: KL is not symmetric and the CE reads the student
+    forward = kd_loss(student_logits=s, teacher_logits=t, labels=y, tau=2.0, lam=0.3)
+    swapped = kd_loss(student_logits=t, teacher_logits=s, labels=y, tau=2.0, lam=0.3)
+    assert abs(forward.item() - swapped.item()) > 1e-3
 
 
 def test_kd_loss_limits():
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(8, 10, generator=g), torch.randn(8, 10, generator=g)
     y = torch.randint(0, 10, (8,), generator=g)
-    assert kd_loss(s, t, y, tau=30.0, lam=1.0).item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
-    assert kd_loss(s, s, y, tau=8.0, lam=0.0).item() == pytest.approx(0.0, abs=1e-6)
-    assert kd_loss(s, t, y, tau=8.0, lam=0.0).item() > 0
+    def kd(student, teacher, **kw):
+        return kd_loss(student_logits=student, teacher_logits=teacher, labels=y, **kw)
+
+    assert kd(s, t, tau=30.0, lam=1.0).item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
+    assert kd(s, s, tau=8.0, lam=0.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd(s, t, tau=8.0, lam=0.0).item() > 0
 
 
 def test_kd_loss_rejects_bad_hyperparameters():
     s = torch.zeros(2, 3)
     with pytest.raises(ValueError, match=r"tau must be > 0 and lam in \[0, 1\], got tau=0.0, lam=0.2"):
-        kd_loss(s, s, torch.zeros(2, dtype=torch.long), tau=0.0, lam=0.2)
+        kd_loss(student_logits=s, teacher_logits=s, labels=torch.zeros(2, dtype=torch.long), tau=0.0, lam=0.2)
 
 
 LABELS = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])

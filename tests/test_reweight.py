@@ -39,8 +39,8 @@ def test_probability_margin_and_mail_weights_on_a_hand_case():
 def test_vir_parts_follow_eq5_to_7_on_a_hand_case():
     p_nat = np.array([0.6, 0.3, 0.1])
     p_adv = np.array([0.2, 0.5, 0.3])
-    parts = reweight.vir_parts(torch.log(torch.from_numpy(p_nat[None])), torch.log(torch.from_numpy(p_adv[None])),
-                               torch.tensor([0]),
+    parts = reweight.vir_parts(logits_nat=torch.log(torch.from_numpy(p_nat[None])),
+                               logits_adv=torch.log(torch.from_numpy(p_adv[None])), y=torch.tensor([0]),
                                alpha=7.0, gamma=10.0, beta=0.007)
     s_v = 7.0 * math.exp(-10.0 * 0.6)
     s_d = float((p_nat * np.log(p_nat / p_adv)).sum())
@@ -53,8 +53,24 @@ def test_vir_parts_follow_eq5_to_7_on_a_hand_case():
 def test_vulnerable_and_disturbed_samples_get_the_largest_vir_weight():
     nat = torch.log(torch.tensor([[0.9, 0.1], [0.55, 0.45], [0.55, 0.45]]))
     adv = torch.log(torch.tensor([[0.85, 0.15], [0.5, 0.5], [0.1, 0.9]]))
-    w = reweight.vir_parts(nat, adv, torch.zeros(3, dtype=torch.long), alpha=7.0, gamma=10.0, beta=0.0)["w"]
+    w = reweight.vir_parts(logits_nat=nat, logits_adv=adv, y=torch.zeros(3, dtype=torch.long), alpha=7.0, gamma=10.0,
+                           beta=0.0)["w"]
     assert w[2] > w[1] and w[2] > w[0]
+
+
+def test_kl_and_vir_parts_take_their_two_logits_by_name_only():
+    p, q = torch.log(torch.tensor([[0.6, 0.3, 0.1]])), torch.log(torch.tensor([[0.2, 0.5, 0.3]]))
+    y = torch.tensor([0])
+    with pytest.raises(TypeError):
+        reweight.kl_per_sample(p, q)
+    with pytest.raises(TypeError):
+        reweight.vir_parts(p, q, y, alpha=7.0, gamma=10.0, beta=0.0)
+    # the swaps the keywords rule out would change the values silently
+    assert reweight.kl_per_sample(logits_p=p, logits_q=q).item() != pytest.approx(
+        reweight.kl_per_sample(logits_p=q, logits_q=p).item(), rel=1e-3)
+    kw = dict(y=y, alpha=7.0, gamma=10.0, beta=0.0)
+    assert reweight.vir_parts(logits_nat=p, logits_adv=q, **kw)["w"].item() != pytest.approx(
+        reweight.vir_parts(logits_nat=q, logits_adv=p, **kw)["w"].item(), rel=1e-3)
 
 
 CFG = train.TrainConfig(epochs=4, batch_size=50, lr=0.05, at_eps=8 / 255, at_step_size=2 / 255, at_steps=3)
@@ -143,3 +159,31 @@ def test_reweighting_forks_from_the_shared_burn_in_and_matches_a_run_from_scratc
     assert sorted(records) == [3, 4]  # only the reweighted epochs
     assert sorted(records[3]["index"].tolist()) == index.tolist()
     assert set(records[3]) == {"index", "p_y", "S_v", "S_d", "w"}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_an_objective_gives_the_model_back_in_the_mode_it_got(synth, batch, tiny_model, name, training):
+    from advbook.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", num_classes=4, mean=synth.mean, std=synth.std).train(training)
+    x, y = batch
+    ctx = StepContext(seed=1, epoch=0, index=torch.arange(32),
+                      teacher=tiny_model if OBJECTIVES[name].needs_teacher else None)
+    OBJECTIVES[name].loss(model, x, y, CFG, ctx)
+    assert [m.training for m in model.modules()] == [training] * len(list(model.modules()))
+
+
+def test_a_model_with_a_frozen_submodule_gets_every_mode_back(synth, batch):
+    from advbook.models import build_model
+
+    model = build_model("tiny_cnn", num_classes=4, mean=synth.mean, std=synth.std).train()
+    frozen = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)][:1]
+    assert frozen, "tiny_cnn has a batch-norm layer to freeze"
+    frozen[0].eval()
+    before = [m.training for m in model.modules()]
+    x, y = batch
+    for name in ("pgd_at", "trades", "vir_at"):
+        OBJECTIVES[name].loss(model, x, y, CFG, StepContext(seed=1, epoch=0, index=torch.arange(32)))
+        assert [m.training for m in model.modules()] == before, name

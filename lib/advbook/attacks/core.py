@@ -65,7 +65,7 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"inputs must lie in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]")
 
 
-def _result(x: torch.Tensor, x_adv: torch.Tensor, success, steps) -> AttackResult:
+def _result(x: torch.Tensor, *, x_adv: torch.Tensor, success, steps) -> AttackResult:
     delta = (x_adv - x).flatten(1)
     return AttackResult(x_adv.detach(), success, steps, delta.norm(dim=1), delta.abs().amax(dim=1))
 
@@ -114,21 +114,22 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str =
         (grad,) = torch.autograd.grad(loss, xa)
         move = ~fooled if stop_on_success else torch.ones_like(fooled)
         with torch.no_grad():
-            stepped = threat.project(threat.step(xa[move], grad[move]), x[idx[move]])
+            stepped = threat.project(threat.step(xa[move], grad=grad[move]), x=x[idx[move]])
             x_adv[idx[move]] = stepped
     with torch.no_grad():
         success = model(x_adv).argmax(1) != y if not stop_on_success else first_flip >= 0
-    return _result(x, x_adv, success, first_flip)
+    return _result(x, x_adv=x_adv, success=success, steps=first_flip)
 
 
-def sign_ascent(model: torch.nn.Module, x: torch.Tensor, x_start: torch.Tensor, *, objective: Callable,
+def sign_ascent(model: torch.nn.Module, x: torch.Tensor, *, x_start: torch.Tensor, objective: Callable,
                 eps: float, step_size: float | Sequence[float], steps: int,
                 observe: Callable | None = None) -> torch.Tensor:
     """L-inf ascent of ``objective(logits)`` (a scalar) from ``x_start``: sign steps of ``step_size``
     (one number, or one per step for a schedule), each projected on the ``eps``-ball around ``x``
     and on [0, 1]. ``observe(logits)`` sees every iterate's logits before its step. The loop behind
     the training attacks of TRADES-style objectives, the CW evaluation and the MD attacks, whose
-    losses differ from :func:`pgd`'s cross-entropy."""
+    losses differ from :func:`pgd`'s cross-entropy. ``x_start`` is keyword-only: it has the shape of
+    ``x``, and swapping the two would centre the ball on the random start."""
     sizes = [float(step_size)] * steps if isinstance(step_size, (int, float)) else [float(s) for s in step_size]
     if len(sizes) != steps:
         raise ValueError(f"got {len(sizes)} step sizes for {steps} steps")
@@ -141,7 +142,7 @@ def sign_ascent(model: torch.nn.Module, x: torch.Tensor, x_start: torch.Tensor, 
             observe(logits)
         (grad,) = torch.autograd.grad(objective(logits), x_adv)
         with torch.no_grad():
-            x_adv = threat.project(threat.step(x_adv, grad), x)
+            x_adv = threat.project(threat.step(x_adv, grad=grad), x=x)
     return x_adv.detach()
 
 
@@ -197,7 +198,7 @@ def deepfool(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps:
             sel = idx[keep]
             p_total[sel] += r[keep]
             x_adv[sel] = (x[sel] + (1 + overshoot) * p_total[sel]).clamp(0, 1)
-    return _result(x, x_adv, first_flip >= 0, first_flip)
+    return _result(x, x_adv=x_adv, success=first_flip >= 0, steps=first_flip)
 
 
 ATTACKS: dict[str, Callable[..., AttackResult]] = {"pgd": pgd, "deepfool": deepfool}

@@ -41,7 +41,7 @@ def step_sizes(*, eps: float, steps: int, change_point: int) -> list[float]:
             for i in range(steps)]
 
 
-def _terms(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None):
+def _terms(logits: torch.Tensor, y: torch.Tensor, *, target: torch.Tensor | None):
     z_y = logits.gather(1, y[:, None]).squeeze(1)
     if target is None:
         z_t = without_true(logits, y).amax(1)
@@ -70,7 +70,8 @@ def md_attack(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int
                 (lambda z_y, z_t: z_t - z_y, sizes[change_point:]),
             ]
             for term, stage_sizes in stages:
-                x_adv = sign_ascent(model, x, x_adv, objective=lambda lg, term=term: term(*_terms(lg, y, target)).sum(),
+                x_adv = sign_ascent(model, x, x_start=x_adv,
+                                    objective=lambda lg, term=term: term(*_terms(lg, y, target=target)).sum(),
                                     eps=eps, step_size=stage_sizes, steps=len(stage_sizes), observe=still_correct)
             with torch.no_grad():
                 still_correct(model(x_adv))

@@ -36,12 +36,14 @@ class Threat:
         """A random point of the ball around ``x`` (clipped to [0, 1])."""
         raise NotImplementedError
 
-    def step(self, x_adv: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """One ascent step along the steepest direction of this norm."""
+    def step(self, x_adv: torch.Tensor, *, grad: torch.Tensor) -> torch.Tensor:
+        """One ascent step along the steepest direction of this norm (``grad`` keyword-only: it has
+        the shape of ``x_adv``, and a swap would step from the gradient)."""
         raise NotImplementedError
 
-    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The nearest point of the ball around ``x``, clipped to [0, 1]."""
+    def project(self, x_adv: torch.Tensor, *, x: torch.Tensor) -> torch.Tensor:
+        """The nearest point of the ball around ``x`` (keyword-only: a swap would project the clean
+        input on the ball around the adversarial one), clipped to [0, 1]."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -55,10 +57,10 @@ class Linf(Threat):
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return (x + (2 * noise - 1) * self.eps).clamp(0, 1)
 
-    def step(self, x_adv, grad):
+    def step(self, x_adv, *, grad):
         return x_adv + self.step_size * grad.sign()
 
-    def project(self, x_adv, x):
+    def project(self, x_adv, *, x):
         return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1)
 
 
@@ -73,11 +75,11 @@ class L2(Threat):
         radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype) ** (1.0 / d)
         return (x + _bcast(self.eps * radius, x) * direction).clamp(0, 1)
 
-    def step(self, x_adv, grad):
+    def step(self, x_adv, *, grad):
         unit = grad / _bcast(_l2(grad).clamp_min(1e-12), grad)
         return x_adv + self.step_size * unit
 
-    def project(self, x_adv, x):
+    def project(self, x_adv, *, x):
         delta = x_adv - x
         factor = (self.eps / _l2(delta).clamp_min(1e-12)).clamp(max=1.0)
         return (x + delta * _bcast(factor, delta)).clamp(0, 1)

@@ -19,8 +19,9 @@ from advbook.training.defenses import train_defenses
 __all__ = ["confusion", "evaluate_models", "attack_suite", "train_and_evaluate"]
 
 
-def confusion(labels, predictions, *, num_classes: int) -> np.ndarray:
-    """Row-normalised confusion matrix in % (row = true class, column = predicted class)."""
+def confusion(*, labels, predictions, num_classes: int) -> np.ndarray:
+    """Row-normalised confusion matrix in % (row = true class, column = predicted class).
+    Keyword-only: the two arrays look alike, and a swap would transpose the matrix silently."""
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     m = np.zeros((num_classes, num_classes))
     np.add.at(m, (labels, predictions), 1)

@@ -64,7 +64,7 @@ def _cw(model, x, y, *, eps: float, step_size: float, steps: int, kappa: float =
     def still_correct(logits):
         robust.logical_and_(logits.argmax(1) == y)
 
-    x_adv = sign_ascent(model, x, start, objective=lambda logits: cw_loss(logits, y, kappa=kappa), eps=eps,
+    x_adv = sign_ascent(model, x, x_start=start, objective=lambda logits: cw_loss(logits, y, kappa=kappa), eps=eps,
                         step_size=step_size, steps=steps, observe=still_correct)
     with torch.no_grad():
         return robust & (model(x_adv).argmax(1) == y)

@@ -17,8 +17,9 @@ Where a method's paper and its reference code differ, we follow the code (see ea
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,21 @@ import torch.nn.functional as F
 from advbook.training import reweight
 from advbook.attacks.core import linf_start, pgd, sign_ascent
 
-__all__ = ["StepContext", "Objective", "OBJECTIVES", "kd_loss", "train_attack"]
+__all__ = ["StepContext", "Objective", "OBJECTIVES", "kd_loss", "train_attack", "in_eval_mode"]
+
+
+@contextlib.contextmanager
+def in_eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run the block with ``model`` in eval mode, then give every submodule back the mode it had
+    (train or eval), even if the block raises: an objective's attack must not change the mode
+    the training loop (or a test) set."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,17 +69,19 @@ def _pgd_at(model, x, y, cfg, ctx: StepContext):
     """PGD adversarial training (Madry et al., 2018): cross-entropy on PGD examples with a random
     start. The examples are generated with the model in eval mode (as the TRADES reference code
     does), so the attack's forward passes do not update the batch-norm statistics."""
-    model.eval()
-    x_adv = pgd(model, x, y, norm=cfg.at_norm, eps=cfg.at_eps, step_size=cfg.at_step_size, steps=cfg.at_steps,
-                random_start=True, stop_on_success=False, seed=ctx.seed).x_adv
-    model.train()
+    with in_eval_mode(model):
+        x_adv = pgd(model, x, y, norm=cfg.at_norm, eps=cfg.at_eps, step_size=cfg.at_step_size, steps=cfg.at_steps,
+                    random_start=True, stop_on_success=False, seed=ctx.seed).x_adv
     logits = model(x_adv.contiguous(memory_format=torch.channels_last))
     return F.cross_entropy(logits, y), logits, None
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *,
+def kd_loss(*, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
             tau: float, lam: float) -> torch.Tensor:
     """HOL Eq. 5: ``(1 - lam) * L_kd + lam * L_ce``, averaged over the batch.
+
+    Every argument is keyword-only: the two logits have the same shape, and swapping them would
+    silently distil the teacher towards the student.
 
     ``L_kd`` is the KL divergence from the teacher's to the student's softmax at temperature
     ``tau``, multiplied by ``tau**2`` as in Hinton et al. (2015), so that its gradients keep their
@@ -84,7 +101,8 @@ def _kd(model, x, y, cfg, ctx: StepContext):
     with torch.no_grad():
         teacher_logits = ctx.teacher(x)
     logits = model(x)
-    return kd_loss(logits, teacher_logits.float(), y, tau=cfg.kd_tau, lam=cfg.kd_lambda), logits, None
+    return (kd_loss(student_logits=logits, teacher_logits=teacher_logits.float(), labels=y, tau=cfg.kd_tau,
+                    lam=cfg.kd_lambda), logits, None)
 
 
 def train_attack(model, x, y, cfg, ctx: StepContext, *, loss: str = "ce", start: str = "gauss",
@@ -97,8 +115,6 @@ def train_attack(model, x, y, cfg, ctx: StepContext, *, loss: str = "ce", start:
     the cross-entropy (``ce``) or TRADES' ``KL(f(x) || f(x'))`` (``kl``). With ``count``, also
     returns GAIRAT's kappa: the number of iterates (before each step) still classified correctly.
     """
-    was_training = model.training
-    model.eval()
     g = torch.Generator(device=x.device).manual_seed(ctx.seed)
     if start == "uniform":
         x_adv = linf_start(x, eps=cfg.at_eps, generator=g)
@@ -108,8 +124,6 @@ def train_attack(model, x, y, cfg, ctx: StepContext, *, loss: str = "ce", start:
         raise ValueError(f"unknown start {start!r}; valid: gauss, uniform")
     if loss not in ("ce", "kl"):
         raise ValueError(f"unknown loss {loss!r}; valid: ce, kl")
-    with torch.no_grad():
-        p_nat = F.softmax(model(x).float(), 1) if loss == "kl" else None
     kappa = torch.zeros(len(x), dtype=torch.long, device=x.device)
 
     def count_correct(logits):
@@ -120,9 +134,11 @@ def train_attack(model, x, y, cfg, ctx: StepContext, *, loss: str = "ce", start:
         return (F.cross_entropy(logits, y, reduction="sum") if loss == "ce"
                 else F.kl_div(F.log_softmax(logits, 1), p_nat, reduction="sum"))
 
-    x_adv = sign_ascent(model, x, x_adv, objective=objective, eps=cfg.at_eps, step_size=cfg.at_step_size,
-                        steps=cfg.at_steps, observe=count_correct if count else None)
-    model.train(was_training)
+    with in_eval_mode(model):
+        with torch.no_grad():
+            p_nat = F.softmax(model(x).float(), 1) if loss == "kl" else None
+        x_adv = sign_ascent(model, x, x_start=x_adv, objective=objective, eps=cfg.at_eps,
+                            step_size=cfg.at_step_size, steps=cfg.at_steps, observe=count_correct if count else None)
     x_adv = torch.min(torch.max(x_adv.detach(), x - cfg.at_eps), x + cfg.at_eps).clamp(0, 1)
     return x_adv.contiguous(memory_format=torch.channels_last), kappa
 
@@ -130,11 +146,8 @@ def train_attack(model, x, y, cfg, ctx: StepContext, *, loss: str = "ce", start:
 @torch.no_grad()
 def _eval_logits(model, *inputs):
     """Logits in eval mode, without gradients: the values a weight is computed from."""
-    was_training = model.training
-    model.eval()
-    out = [model(v).float() for v in inputs]
-    model.train(was_training)
-    return out
+    with in_eval_mode(model):
+        return [model(v).float() for v in inputs]
 
 
 def _trades(model, x, y, cfg, ctx):
@@ -142,7 +155,7 @@ def _trades(model, x, y, cfg, ctx):
     the KL summed over classes and averaged over the batch."""
     x_adv, _ = train_attack(model, x, y, cfg, ctx, loss="kl")
     logits, logits_adv = model(x), model(x_adv)
-    kl = reweight.kl_per_sample(logits, logits_adv)
+    kl = reweight.kl_per_sample(logits_p=logits, logits_q=logits_adv)
     return F.cross_entropy(logits, y) + cfg.trades_beta * kl.mean(), logits, None
 
 
@@ -181,11 +194,12 @@ def _mail_at(model, x, y, cfg, ctx):
 VIR_USE = {"full": lambda p: p["w"], "sv": lambda p: p["S_v"], "sd": lambda p: p["S_d"]}
 
 
-def _vir_weights(model, x, x_adv, y, cfg):
+def _vir_weights(model, x, y, *, x_adv, cfg):
     """VIR's weights (Eq. 5–7) from eval-mode outputs on x and x', and their parts. ``vir_use``
     picks the full weight or one factor alone (the ablations of VIR Tables 6–7)."""
     logits_nat, logits_adv = _eval_logits(model, x, x_adv)
-    parts = reweight.vir_parts(logits_nat, logits_adv, y, alpha=cfg.vir_alpha, gamma=cfg.vir_gamma, beta=cfg.vir_beta)
+    parts = reweight.vir_parts(logits_nat=logits_nat, logits_adv=logits_adv, y=y, alpha=cfg.vir_alpha,
+                               gamma=cfg.vir_gamma, beta=cfg.vir_beta)
     w = VIR_USE[cfg.vir_use](parts)
     return w, {**parts, "w": w}  # the record holds the weight actually applied
 
@@ -193,7 +207,7 @@ def _vir_weights(model, x, x_adv, y, cfg):
 def _vir_at(model, x, y, cfg, ctx):
     """VIR-AT, Eq. 8 and Algorithm 1: CE on x' weighted by w = S_v S_d + beta."""
     x_adv, _ = train_attack(model, x, y, cfg, ctx, loss="ce")
-    w, parts = _vir_weights(model, x, x_adv, y, cfg)
+    w, parts = _vir_weights(model, x, y, x_adv=x_adv, cfg=cfg)
     logits_adv = model(x_adv)
     return (F.cross_entropy(logits_adv, y, reduction="none") * w).mean(), logits_adv, parts
 
@@ -201,9 +215,9 @@ def _vir_at(model, x, y, cfg, ctx):
 def _vir_trades(model, x, y, cfg, ctx):
     """VIR-TRADES, Eq. 10: TRADES with each sample's KL term weighted by w."""
     x_adv, _ = train_attack(model, x, y, cfg, ctx, loss="kl")
-    w, parts = _vir_weights(model, x, x_adv, y, cfg)
+    w, parts = _vir_weights(model, x, y, x_adv=x_adv, cfg=cfg)
     logits, logits_adv = model(x), model(x_adv)
-    kl = reweight.kl_per_sample(logits, logits_adv)
+    kl = reweight.kl_per_sample(logits_p=logits, logits_q=logits_adv)
     return F.cross_entropy(logits, y) + cfg.trades_beta * (w * kl).mean(), logits, parts
 
 

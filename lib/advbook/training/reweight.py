@@ -48,17 +48,19 @@ def mail_weights(logits_adv: torch.Tensor, y: torch.Tensor, *, bias: float, slop
     return scale * torch.sigmoid(slope * (-probability_margin(logits_adv, y) + bias))
 
 
-def kl_per_sample(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
-    """``KL(softmax(logits_p) || softmax(logits_q))`` per sample."""
+def kl_per_sample(*, logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(logits_p) || softmax(logits_q))`` per sample. Keyword-only: the divergence is
+    not symmetric, and a swap of the two same-shaped logits would go unnoticed."""
     log_p, log_q = F.log_softmax(logits_p.float(), 1), F.log_softmax(logits_q.float(), 1)
     return (log_p.exp() * (log_p - log_q)).sum(1)
 
 
 @torch.no_grad()
-def vir_parts(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, *, alpha: float,
+def vir_parts(*, logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, alpha: float,
               gamma: float, beta: float) -> dict[str, torch.Tensor]:
-    """VIR Eq. 5–7 per sample: ``p_y`` (natural), ``S_v``, ``S_d`` and the weight ``w``."""
+    """VIR Eq. 5–7 per sample: ``p_y`` (natural), ``S_v``, ``S_d`` and the weight ``w``. Keyword-only:
+    ``S_v`` reads the natural logits alone, so a swap of the two would change the weights silently."""
     p_y = logits_nat.float().softmax(1).gather(1, y[:, None]).squeeze(1)
     s_v = alpha * torch.exp(-gamma * p_y)
-    s_d = kl_per_sample(logits_nat, logits_adv)
+    s_d = kl_per_sample(logits_p=logits_nat, logits_q=logits_adv)
     return {"p_y": p_y, "S_v": s_v, "S_d": s_d, "w": s_v * s_d + beta}
