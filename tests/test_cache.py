@@ -92,3 +92,27 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ADVBOOK_CACHE", str(tmp_path / "c"))
     assert cache.cache_dir("models") == tmp_path / "c" / "models"
     assert (tmp_path / "c" / "models").is_dir()
+
+
+def test_decoded_data_without_its_checksum_file_is_decoded_again(fresh_cache):
+    from advbook.data import cifar
+
+    images = torch.arange(96, dtype=torch.uint8).reshape(2, 3, 4, 4)
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"train": (images, torch.tensor([0, 1])), "test": (images.flip(0), torch.tensor([1, 0]))}
+
+    first = cifar.cached_splits("unit", build)
+    assert torch.equal(cifar.cached_splits("unit", build)["train_images"], images) and len(calls) == 1
+    path = cache.cache_dir("data") / "unit.pt"
+    data = bytearray(path.read_bytes())
+    data[data.find(images.numpy().tobytes()[:16]) + 5] ^= 0x01  # one altered pixel: still unpickles
+    path.write_bytes(bytes(data))
+    path.with_name("unit.pt.sha256").unlink()
+    with pytest.warns(cache.RebuildWarning, match=r"unit\.pt .*no checksum file.*decoding it again"):
+        again = cifar.cached_splits("unit", build)
+    assert len(calls) == 2
+    assert torch.equal(again["train_images"], first["train_images"])
+    assert cache.load_checkpoint(path)["train_images"].equal(images)

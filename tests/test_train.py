@@ -76,7 +76,8 @@ def test_killed_run_resumes_and_ends_with_the_same_weights(synth, fresh_cache):
 def test_corrupted_checkpoint_is_detected_and_rebuilt(synth, fresh_cache):
     a = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=2)
     a.checkpoint.write_bytes(a.checkpoint.read_bytes()[:100])  # truncate
-    b = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=2)
+    with pytest.warns(cache.RebuildWarning, match=rf"tiny_cnn-{a.key} .*checksum mismatch.*rebuilding"):
+        b = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=2)
     assert not b.from_cache
     assert same(weights(a.model), weights(b.model))
     assert train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=2).from_cache
@@ -155,3 +156,47 @@ def test_objective_is_part_of_the_key_and_checked(synth):
     with pytest.raises(ValueError, match=r"unknown objective 'fast_at'; valid: standard, pgd_at, kd, trades, mart, "
                                          r"gairat, mail_at, vir_at, vir_trades"):
         train.train_model(model_name="tiny_cnn", dataset=synth, seed=0, cfg=train.TrainConfig(objective="fast_at"))
+
+
+def _fresh_run(fresh_cache, name, **kw):
+    """The model a run trains in an empty cache."""
+    fresh_cache(name)
+    return train.train_model(model_name="tiny_cnn", cfg=CFG, **kw)
+
+
+def test_broken_meta_rebuilds_from_a_fresh_start(synth, fresh_cache):
+    a = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=7)
+    (a.checkpoint.parent / "meta.json").write_text("{broken")
+    with pytest.warns(cache.RebuildWarning, match=rf"tiny_cnn-{a.key} .*rebuilding"):
+        b = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=7)
+    assert not b.from_cache
+    fresh = _fresh_run(fresh_cache, "empty", dataset=synth, seed=7)
+    assert same(weights(b.model), weights(fresh.model))  # not trained on from the weights it had loaded
+    assert cache.sha256_file(b.checkpoint) == cache.sha256_file(fresh.checkpoint) == b.meta["sha256"]
+
+
+def test_incompatible_cached_weights_are_rebuilt_with_a_warning_never_half_loaded(synth, fresh_cache):
+    a = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=8)
+    other = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=9)
+    # every layer of another model plus an unexpected key: load_state_dict copies them all, then raises
+    digest = cache.save_checkpoint(a.checkpoint, {**weights(other.model), "extra.weight": torch.zeros(1)})
+    meta_path = a.checkpoint.parent / "meta.json"
+    cache.write_json(meta_path, {**cache.read_json(meta_path), "sha256": digest})
+    with pytest.warns(cache.RebuildWarning, match=rf"tiny_cnn-{a.key} .*Unexpected key.*rebuilding"):
+        b = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=8)
+    assert not b.from_cache
+    assert same(weights(a.model), weights(b.model))
+
+
+def test_corrupt_final_without_its_checksum_file_is_rebuilt(synth, fresh_cache):
+    a = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=10)
+    data = bytearray(a.checkpoint.read_bytes())
+    first = next(iter(a.model.state_dict().values()))
+    data[data.find(first.numpy().tobytes()[:16]) + 3] ^= 0x40  # a flipped bit in the weights: still unpickles
+    a.checkpoint.write_bytes(bytes(data))
+    a.checkpoint.with_name("final.pt.sha256").unlink()
+    with pytest.warns(cache.RebuildWarning, match=rf"tiny_cnn-{a.key} .*no checksum file.*rebuilding"):
+        b = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=10)
+    assert not b.from_cache
+    assert same(weights(a.model), weights(b.model))
+    assert train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=10).from_cache

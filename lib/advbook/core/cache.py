@@ -22,12 +22,16 @@ import torch
 
 __all__ = [
     "cache_dir", "stable_hash", "atomic_path", "write_json", "read_json",
-    "sha256_file", "write_bytes", "save_checkpoint", "load_checkpoint", "CorruptCheckpoint", "clear",
+    "sha256_file", "write_bytes", "save_checkpoint", "load_checkpoint", "CorruptCheckpoint", "RebuildWarning", "clear",
 ]
 
 
 class CorruptCheckpoint(RuntimeError):
     """A cached file exists but cannot be read back, or its checksum does not match."""
+
+
+class RebuildWarning(UserWarning):
+    """A cached entry was unusable (corrupt, unverified, incompatible) and is rebuilt."""
 
 
 def cache_dir(sub: str | None = None) -> Path:

@@ -20,6 +20,7 @@ import hashlib
 import io
 import os
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -166,11 +167,13 @@ def cached_splits(stem: str, build) -> dict:
     """The decoded splits cached under ``data/<stem>.pt``; ``build()`` returns
     ``{"train": (images, labels), "test": (images, labels)}`` when the cache has none."""
     cached = cache.cache_dir("data") / f"{stem}.pt"
-    if cached.exists():
+    if cached.exists():  # used only when it matches its .sha256 (a missing one: not verified, decode again)
         try:
             return cache.load_checkpoint(cached)
-        except cache.CorruptCheckpoint:
-            cached.unlink()
+        except cache.CorruptCheckpoint as exc:
+            warnings.warn(f"cached data {cached.name} is unusable ({' '.join(str(exc).split())}); decoding it again",
+                          cache.RebuildWarning, stacklevel=2)
+            cached.unlink(missing_ok=True)
     state = {f"{s}_{k}": t for s, (i, l) in build().items() for k, t in (("images", i), ("labels", l))}
     cache.save_checkpoint(cached, state)
     return state

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -128,15 +129,37 @@ def model_key(*, model_name: str, dataset: Dataset, train_index: torch.Tensor | 
     return cache.stable_hash(content)
 
 
-def _load_final(final: Path, model: Classifier, meta_path: Path) -> dict | None:
-    if not (final.exists() and meta_path.exists()):
+def _rebuild_warning(what: str, exc: Exception, action: str) -> None:
+    reason = " ".join(str(exc).split())[:300] or type(exc).__name__  # one line
+    warnings.warn(f"{what} is unusable ({reason}); {action}", cache.RebuildWarning, stacklevel=3)
+
+
+def _load_final(folder: Path, *, key: str, build: Callable[[], Classifier]) -> tuple[Classifier, dict] | None:
+    """The cached model of ``folder`` and its meta, or None when it has none.
+
+    Everything is checked before anything is returned: ``meta.json`` must parse and name ``key``,
+    ``final.pt`` must match its checksum file and the meta's sha256, and its state must load
+    into a new model with exactly the same keys and shapes. An unusable entry is removed with a
+    :class:`~advbook.core.cache.RebuildWarning` naming it, and the caller trains from the same
+    fresh start as a run in an empty cache (a half-loaded model is never used).
+    """
+    final, meta_path = folder / "final.pt", folder / "meta.json"
+    if not final.exists():
         return None
+    if not meta_path.exists():  # killed between final.pt and meta.json: last.pt resumes the run
+        return None
+    model = build()
     try:
-        model.load_state_dict(cache.load_checkpoint(final))
-        return cache.read_json(meta_path)
-    except (cache.CorruptCheckpoint, RuntimeError, ValueError):
-        final.unlink(missing_ok=True)  # corrupted or incompatible: rebuild
+        meta = cache.read_json(meta_path)
+        if not isinstance(meta, dict) or meta.get("key") != key:
+            raise ValueError(f"meta.json is not the meta of {key}")
+        model.load_state_dict(cache.load_checkpoint(final, sha256=meta["sha256"]))
+    except (cache.CorruptCheckpoint, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        _rebuild_warning(f"cached model {folder.name}", exc, "rebuilding it from a fresh start")
+        for path in (meta_path, final, final.with_name(final.name + ".sha256")):
+            path.unlink(missing_ok=True)
         return None
+    return model, meta
 
 
 def _prefix_path(*, model_name: str, dataset: Dataset, train_index, cfg: TrainConfig, seed: int,
@@ -178,10 +201,10 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
         return net, torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay, nesterov=True)
 
-    model, opt = initial()
-    meta = _load_final(final, model, meta_path)
-    if meta is not None:
-        return TrainedModel(model.to(device).eval(), key, final, meta, from_cache=True)
+    cached = _load_final(folder, key=key, build=lambda: initial()[0])
+    if cached is not None:
+        return TrainedModel(cached[0].to(device).eval(), key, final, cached[1], from_cache=True)
+    model, opt = initial()  # after a failed load too: exactly the start of a run in an empty cache
 
     burn_in = cfg.burn_in()
     prefix_cfg = burn_in or cfg
@@ -205,7 +228,8 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
             start_epoch, seconds = int(state["epoch"]), float(state["seconds"])
             history = [dict(zip(("epoch", "loss", "acc"), row)) for row in state["history"].tolist()]
             forked_from = str(resume_from) if resume_from != last else state.get("forked_from")
-        except (cache.CorruptCheckpoint, KeyError, RuntimeError, ValueError):
+        except (cache.CorruptCheckpoint, KeyError, RuntimeError, ValueError) as exc:
+            _rebuild_warning(f"checkpoint {resume_from.parent.name}/{resume_from.name}", exc, "training from epoch 0")
             resume_from.unlink(missing_ok=True)
             model, opt = initial()
             start_epoch, history, seconds, forked_from = 0, [], 0.0, None
