@@ -74,3 +74,53 @@ def class_weight_sums(trained: TrainedModel, labels: torch.Tensor, *, num_classe
         rows += [{"epoch": epoch, "class": c, "weight_sum": float(sums[c]), "share": float(sums[c] / sums.sum())}
                  for c in range(num_classes)]
     return pd.DataFrame(rows)
+
+
+def train_seeds(names, *, params: dict, dataset: Dataset, seeds: list[int], device,
+                on_model=None) -> dict[int, dict[str, TrainedModel]]:
+    """:func:`train_defenses` for every seed (seed -> name -> model); ``on_model`` sees each model
+    (e.g. a run's ``use_model`` for provenance)."""
+    out = {}
+    for seed in seeds:
+        out[seed] = train_defenses(names, params=params, dataset=dataset, seed=seed, device=device)
+        for m in out[seed].values():
+            if on_model is not None:
+                on_model(m)
+    return out
+
+
+def training_table(trained: dict[int, dict[str, TrainedModel]]) -> pd.DataFrame:
+    """One row per trained model: seed, name, objective, whether it forked from a burn-in, whether
+    it came from the cache, and its training time."""
+    return pd.DataFrame([{"seed": s, "model": name, "objective": m.meta["config"]["objective"],
+                          "forked from the burn-in": bool(m.meta.get("forked_from")), "from cache": m.from_cache,
+                          "train seconds": m.meta["train_seconds"]}
+                         for s, models in trained.items() for name, m in models.items()])
+
+
+def weight_records(models: dict[str, TrainedModel], labels: torch.Tensor, *, names, num_classes: int):
+    """VIR Fig. 3's inputs for the reweighting defenses among ``names``: the per-class weight
+    shares per epoch (label -> frame) and every recorded per-sample weight (one frame)."""
+    sums, raw = {}, []
+    for name in names:
+        if name not in models:
+            continue
+        sums[name] = class_weight_sums(models[name], labels, num_classes=num_classes)
+        for epoch, rec in models[name].records().items():
+            raw.append(pd.DataFrame({k: v.numpy() for k, v in rec.items()}).assign(defense=name, epoch=epoch))
+    return sums, (pd.concat(raw, ignore_index=True) if raw else pd.DataFrame())
+
+
+def weight_summary(sums: dict[str, pd.DataFrame], records: pd.DataFrame, *, classes) -> pd.DataFrame:
+    """Per reweighting defense: the classes with the largest and smallest mean weight share over the
+    reweighted epochs, and how large S_v * S_d is against the floor beta (far below 1: the weights
+    are nearly uniform)."""
+    rows = []
+    for name, frame in sums.items():
+        share = frame.groupby("class")["share"].mean()
+        beta = DEFENSES[name][1]["vir_beta"]
+        g = records[records["defense"] == name]
+        rows.append({"defense": name, "largest share": classes[int(share.idxmax())],
+                     "smallest share": classes[int(share.idxmin())],
+                     "mean S_v·S_d / beta": float((g["S_v"] * g["S_d"]).mean() / beta) if len(g) else float("nan")})
+    return pd.DataFrame(rows).set_index("defense") if rows else pd.DataFrame()
