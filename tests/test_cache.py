@@ -116,3 +116,46 @@ def test_decoded_data_without_its_checksum_file_is_decoded_again(fresh_cache):
     assert len(calls) == 2
     assert torch.equal(again["train_images"], first["train_images"])
     assert cache.load_checkpoint(path)["train_images"].equal(images)
+
+
+def test_cache_clear_removes_only_what_the_cache_created(tmp_path, monkeypatch, capsys):
+    from advbook.book import cli
+
+    root = tmp_path / "c"
+    monkeypatch.setenv("ADVBOOK_CACHE", str(root))
+    cache.save_checkpoint(cache.cache_dir("models") / "m" / "final.pt", {"w": torch.zeros(2)})
+    cache.write_json(cache.cache_dir("evals") / "e.json", {})
+    cache.cache_dir("data")
+    assert (root / ".advbook-cache").is_file()
+    (root / "notes.txt").write_text("not the cache's")
+    assert cli.main(["cache", "clear", "--only", "models"]) == 0
+    assert sorted(p.name for p in root.iterdir()) == [".advbook-cache", "data", "evals", "notes.txt"]
+    assert cli.main(["cache", "clear"]) == 0
+    assert sorted(p.name for p in root.iterdir()) == [".advbook-cache", "notes.txt"]
+    assert "removed" in capsys.readouterr().out
+
+
+def test_cache_clear_refuses_a_folder_the_cache_did_not_create(tmp_path, monkeypatch, capsys):
+    from advbook.book import cli
+
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "thesis.tex").write_text("years of work")
+    monkeypatch.setenv("ADVBOOK_CACHE", str(root))
+    cache.cache_dir("models")  # usable as a cache, but never marked: the folder held other files
+    assert not (root / ".advbook-cache").exists()
+    assert cli.main(["cache", "clear"]) == 1
+    err = capsys.readouterr().err
+    assert "has no .advbook-cache marker" in err and err.count("\n") == 1
+    assert (root / "thesis.tex").read_text() == "years of work" and (root / "models").is_dir()
+    with pytest.raises(cache.NotACache, match="not clearing it"):
+        cache.clear()
+
+
+def test_cache_sub_folders_are_the_known_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVBOOK_CACHE", str(tmp_path / "c"))
+    assert cache.cache_dir("data/torchvision") == tmp_path / "c" / "data" / "torchvision"
+    with pytest.raises(ValueError, match=r"cache sub-folder 'tmp' must lie under one of data, models, evals"):
+        cache.cache_dir("tmp")
+    with pytest.raises(ValueError, match=r"one of data, models, evals"):
+        cache.clear("..")

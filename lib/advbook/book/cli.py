@@ -111,7 +111,12 @@ def _cmd_cache(args) -> int:
         for sub in sorted(p for p in root.iterdir() if p.is_dir()):
             print(f"  {sub.name:<8} {_size(sub) / 2**20:8.1f} MiB  {sum(1 for _ in sub.iterdir())} entries")
         return 0
-    print(f"removed {cache.clear(args.only)}")
+    try:
+        removed = cache.clear(args.only)
+    except cache.NotACache as exc:
+        print(f"advbook: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"removed {', '.join(map(str, removed)) or 'nothing (already empty)'}")
     return 0
 
 

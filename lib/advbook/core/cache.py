@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 
 __all__ = [
-    "cache_dir", "stable_hash", "atomic_path", "write_json", "read_json",
+    "SUBFOLDERS", "MARKER", "NotACache", "cache_root", "cache_dir", "stable_hash", "atomic_path", "write_json", "read_json",
     "sha256_file", "write_bytes", "save_checkpoint", "load_checkpoint", "CorruptCheckpoint", "RebuildWarning", "clear",
 ]
 
@@ -34,9 +34,36 @@ class RebuildWarning(UserWarning):
     """A cached entry was unusable (corrupt, unverified, incompatible) and is rebuilt."""
 
 
+SUBFOLDERS = ("data", "models", "evals")  # all the cache ever writes lives under these
+MARKER = ".advbook-cache"  # written into the cache folder when advbook creates it
+
+
+class NotACache(RuntimeError):
+    """The cache folder was not created by advbook (no marker), so it is never cleared."""
+
+
+def cache_root() -> Path:
+    """The cache folder, ``$ADVBOOK_CACHE`` or ``~/.cache/advbook`` (not created here)."""
+    return Path(os.environ.get("ADVBOOK_CACHE") or Path.home() / ".cache" / "advbook").expanduser()
+
+
+def _claim(root: Path) -> None:
+    """Create ``root`` with its marker; a folder that already holds other files is used but not marked."""
+    if (root / MARKER).exists():
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    if all(p.name == MARKER for p in root.iterdir()):
+        (root / MARKER).write_text("advbook cache: `advbook cache clear` removes only "
+                                   f"{', '.join(s + '/' for s in SUBFOLDERS)} here\n")
+
+
 def cache_dir(sub: str | None = None) -> Path:
-    """The cache root (``$ADVBOOK_CACHE``, default ``~/.cache/advbook``), or a sub-folder of it."""
-    root = Path(os.environ.get("ADVBOOK_CACHE") or Path.home() / ".cache" / "advbook").expanduser()
+    """The cache root (``$ADVBOOK_CACHE``, default ``~/.cache/advbook``), or a sub-folder of it
+    under one of :data:`SUBFOLDERS`. A new (or empty) root gets the :data:`MARKER` file."""
+    if sub is not None and Path(sub).parts[:1] not in [(s,) for s in SUBFOLDERS]:
+        raise ValueError(f"cache sub-folder {sub!r} must lie under one of {', '.join(SUBFOLDERS)}")
+    root = cache_root()
+    _claim(root)
     path = root / sub if sub else root
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -140,8 +167,21 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", sha25
             raise CorruptCheckpoint(f"cannot read {path}: {exc}") from exc
 
 
-def clear(sub: str | None = None) -> Path:
-    """Delete the whole cache, or one sub-folder of it (``data``, ``models``, ``evals``)."""
-    path = cache_dir(sub)
-    shutil.rmtree(path)
-    return path
+def clear(sub: str | None = None) -> list[Path]:
+    """Delete what the cache created: its sub-folders (``data``, ``models``, ``evals``) or one of
+    them, never anything else in the folder. Returns the folders removed.
+
+    Raises :class:`NotACache` when the folder lacks the marker advbook writes when creating it.
+    """
+    if sub is not None and sub not in SUBFOLDERS:
+        raise ValueError(f"cache part {sub!r} must be one of {', '.join(SUBFOLDERS)}")
+    root = cache_root()
+    if not (root / MARKER).is_file():
+        raise NotACache(f"{root} has no {MARKER} marker, so advbook did not create it: not clearing it "
+                        "(delete what you want by hand)")
+    removed = []
+    for name in SUBFOLDERS if sub is None else (sub,):
+        if (root / name).is_dir():
+            shutil.rmtree(root / name)
+            removed.append(root / name)
+    return removed
