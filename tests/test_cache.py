@@ -1,6 +1,10 @@
 """The cache: stable keys, atomic writes, checksummed checkpoints loaded with weights_only."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -159,3 +163,53 @@ def test_cache_sub_folders_are_the_known_ones(tmp_path, monkeypatch):
         cache.cache_dir("tmp")
     with pytest.raises(ValueError, match=r"one of data, models, evals"):
         cache.clear("..")
+
+
+def _dead_pid() -> str:
+    """The id of a process that has finished (and been reaped)."""
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_atomic_writes_name_their_process(tmp_path):
+    with cache.atomic_path(tmp_path / "x.json") as tmp:
+        assert tmp.name.startswith(f".x.json.{os.getpid()}.") and tmp.name.endswith(".tmp")
+        tmp.write_text("{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_sweep_orphans_removes_temp_files_of_dead_processes_and_stale_leftovers_only(tmp_path):
+    dead = _dead_pid()
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    orphan = tmp_path / "models" / "m" / f".final.pt.{dead}.abcd1234.tmp"
+    live = tmp_path / "models" / "m" / f".final.pt.{os.getpid()}.abcd1234.tmp"  # a write in progress
+    old_unnamed = tmp_path / ".meta.json.abcd1234.tmp"     # an older temp file naming no process
+    new_unnamed = tmp_path / ".meta.json.efgh5678.tmp"
+    old_partial = tmp_path / ".02_hol_toy_paths.partial.ipynb"  # a killed papermill execution
+    unrelated = tmp_path / "notes.tmp"
+    for path in (orphan, live, old_unnamed, new_unnamed, old_partial, unrelated):
+        path.write_bytes(b"x")
+    hours_ago = time.time() - 7200
+    for path in (old_unnamed, old_partial, unrelated):
+        os.utime(path, (hours_ago, hours_ago))
+    assert sorted(cache.sweep_orphans(tmp_path)) == sorted([orphan, old_unnamed, old_partial])
+    assert live.exists() and new_unnamed.exists() and unrelated.exists()
+
+
+def test_cache_info_sweeps_orphans_before_counting(tmp_path, monkeypatch, capsys):
+    from advbook.book import cli
+
+    monkeypatch.setenv("ADVBOOK_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("ADVBOOK_EXECUTED", str(tmp_path / "executed"))
+    data = cache.cache_dir("data")
+    (data / f".cifar10-x.pt.{_dead_pid()}.abcd1234.tmp").write_bytes(bytes(4 << 20))  # a killed decode's temp
+    (tmp_path / "executed").mkdir()
+    partial = tmp_path / "executed" / ".01_intro.partial.ipynb"
+    partial.write_text("{}")
+    os.utime(partial, (time.time() - 7200,) * 2)
+    assert cli.main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 2 orphaned temporary files" in out
+    assert [line.split() for line in out.splitlines() if line.strip().startswith("data")] == [
+        ["data", "0.0", "MiB", "0", "entries"]]
+    assert list(data.iterdir()) == [] and not partial.exists()

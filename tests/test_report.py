@@ -24,7 +24,8 @@ def test_figure_artifact_writes_data_image_samples_and_provenance(run, tmp_path)
                                   samples=pd.DataFrame({"index": [0, 1], "ddb": [0.1, 0.2]}),
                                   tables={"bins": pd.DataFrame({"bin": [0]})})
     names = sorted(p.name for p in (tmp_path / "smoke").iterdir())
-    assert names == ["HOL-F2.bins.csv", "HOL-F2.csv", "HOL-F2.png", "HOL-F2.provenance.json", "HOL-F2.samples.csv"]
+    assert names == ["HOL-F2.bins.csv", "HOL-F2.csv", "HOL-F2.manifest.json", "HOL-F2.png", "HOL-F2.provenance.json",
+                     "HOL-F2.samples.csv"]
     assert paths["image"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     prov = cache.read_json(paths["provenance"])
     assert prov["artifact"] == "HOL-F2" and prov["profile"] == "smoke"
@@ -89,3 +90,62 @@ def test_best_rows_compares_the_argmax_over_seed_means():
     assert set(best.index) == {"pgd", "cw"}                       # only the evaluations both have
     assert best.loc["pgd", "paper"] == "full" and best.loc["pgd", "ours"] == "full" and best.loc["pgd", "agree"]
     assert best.loc["cw", "paper"] == "full" and best.loc["cw", "ours"] == "sv" and not best.loc["cw", "agree"]
+
+
+def _figure():
+    fig = report.new_figure(width=3, height=2)
+    fig.subplots().plot([0, 1], [1, 0])
+    return fig
+
+
+def test_an_artifact_set_is_sealed_by_a_manifest_and_read_back_whole(run, tmp_path):
+    paths = report.write_artifact(run, "HOL-F2", data=pd.DataFrame({"a": [1, 2]}), figure=_figure(),
+                                  samples=pd.DataFrame({"index": [0, 1]}))
+    manifest = cache.read_json(tmp_path / "smoke" / "HOL-F2.manifest.json")
+    assert manifest["artifact"] == "HOL-F2"
+    assert {k: v["sha256"] for k, v in manifest["files"].items()} == {
+        k: cache.sha256_file(p) for k, p in paths.items() if k != "manifest"}
+    assert set(manifest["files"]) == {"data", "image", "samples", "provenance"}
+    assert report.read_artifact(tmp_path / "smoke", "HOL-F2") == {k: p for k, p in paths.items() if k != "manifest"}
+
+
+def test_a_run_killed_midway_leaves_a_set_the_reader_refuses(run, tmp_path):
+    folder = tmp_path / "smoke"
+    report.write_artifact(run, "HOL-F2", data=pd.DataFrame({"a": [1, 2]}), figure=_figure())
+    killed = _figure()
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt  # the run stops after the new CSV, before the new PNG and provenance
+
+    killed.savefig = die
+    with pytest.raises(KeyboardInterrupt):
+        report.write_artifact(run, "HOL-F2", data=pd.DataFrame({"a": [3, 4]}), figure=killed)
+    assert pd.read_csv(folder / "HOL-F2.csv")["a"].tolist() == [3, 4]  # new data beside the old figure
+    with pytest.raises(report.IncompleteArtifact, match=r"HOL-F2\.csv does not match HOL-F2\.manifest\.json"):
+        report.read_artifact(folder, "HOL-F2")
+    report.write_artifact(run, "HOL-F2", data=pd.DataFrame({"a": [3, 4]}), figure=_figure())
+    assert pd.read_csv(report.read_artifact(folder, "HOL-F2")["data"])["a"].tolist() == [3, 4]
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_unfinished_artifact_has_no_manifest_and_is_refused(run, tmp_path):
+    report.write_artifact(run, "HOL-T1", data={"accuracy": 0.5})
+    (tmp_path / "smoke" / "HOL-T1.manifest.json").unlink()
+    with pytest.raises(report.IncompleteArtifact, match=r"HOL-T1 has no HOL-T1\.manifest\.json .*did not finish"):
+        report.read_artifact(tmp_path / "smoke", "HOL-T1")
+
+
+def test_writing_an_artifact_sweeps_the_temporary_files_of_killed_runs(run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    folder = run.artifact_dir()
+    orphan = folder / f".HOL-F2.csv.{dead}.abcd1234.tmp"
+    live = folder / f".HOL-F2.png.{os.getpid()}.abcd1234.tmp"  # a write in progress in a live process
+    for path in (orphan, live):
+        path.write_bytes(b"x" * 1000)
+    report.write_artifact(run, "HOL-T1", data={"accuracy": 0.5})
+    assert not orphan.exists() and live.exists()

@@ -107,7 +107,12 @@ def _size(path: Path) -> int:
 def _cmd_cache(args) -> int:
     root = cache.cache_dir()
     if args.action == "info":
-        print(f"cache: {root}")
+        swept = cache.sweep_cache() + (cache.sweep_orphans(executed_dir()) if executed_dir().is_dir() else [])
+        print(f"cache: {root}" + ("" if (root / cache.MARKER).is_file() else
+                                  f" (no {cache.MARKER} marker: not created by advbook, `cache clear` refuses it)"))
+        if swept:
+            print(f"  removed {len(swept)} orphaned temporary files of killed runs "
+                  f"({sum(1 for p in swept if p.name.endswith('.partial.ipynb'))} unfinished notebooks)")
         for sub in sorted(p for p in root.iterdir() if p.is_dir()):
             print(f"  {sub.name:<8} {_size(sub) / 2**20:8.1f} MiB  {sum(1 for _ in sub.iterdir())} entries")
         return 0

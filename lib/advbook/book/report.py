@@ -7,7 +7,10 @@
   and ``<ID>.<name>.csv`` for any further named table;
 * ``<ID>.png`` — the figure, if there is one;
 * ``<ID>.provenance.json`` — parameters, profile, dataset and checksum, checkpoints,
-  versions, git commit, device, seeds, wall time, and the sha256 of every file above.
+  versions, git commit, device, seeds, wall time, and the sha256 of every file above;
+* ``<ID>.manifest.json`` — written last: the sha256 of every file of the set, provenance
+  included. :func:`read_artifact` checks it, so a set that a killed run left mixed (new
+  tables beside an old figure and provenance) or unfinished is refused, never read.
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects (no pyplot state, no backend
 dependence) and shown in notebooks as PNG images, so the book embeds them as ``<img>``.
@@ -23,7 +26,7 @@ import pandas as pd
 from advbook.core import cache
 from advbook.book.experiment import Run
 
-__all__ = ["ARTIFACT_ID", "write_artifact", "paper_result", "compare", "show_image", "new_figure",
+__all__ = ["ARTIFACT_ID", "write_artifact", "read_artifact", "IncompleteArtifact", "paper_result", "compare", "show_image", "new_figure",
            "paper_beside_ours", "best_rows", "best_agreement"]
 
 ARTIFACT_ID = re.compile(r"^(HOL|VIR|RRM|AGK|LEC)-[FT]\d+$")
@@ -53,6 +56,7 @@ def write_artifact(run: Run, artifact_id: str, *, data: pd.DataFrame | dict, fig
     if figure is None and artifact_id.split("-")[1].startswith("F"):
         raise ValueError(f"{artifact_id} is a figure: pass figure=")
     out = run.artifact_dir()
+    cache.sweep_orphans(out)  # temporary files of runs killed while writing
     paths: dict[str, Path] = {}
     if isinstance(data, pd.DataFrame):
         paths["data"] = out / f"{artifact_id}.csv"
@@ -72,8 +76,39 @@ def write_artifact(run: Run, artifact_id: str, *, data: pd.DataFrame | dict, fig
             figure.savefig(tmp, format="png", dpi=150)
     provenance = run.provenance()
     provenance["artifact"] = artifact_id
-    provenance["files"] = {kind: {"name": p.name, "sha256": cache.sha256_file(p)} for kind, p in paths.items()}
+    provenance["files"] = _file_sums(paths)
     paths["provenance"] = cache.write_json(out / f"{artifact_id}.provenance.json", provenance)
+    cache.write_json(out / f"{artifact_id}.manifest.json", {"artifact": artifact_id, "files": _file_sums(paths)})
+    return paths
+
+
+def _file_sums(paths: dict[str, Path]) -> dict[str, dict]:
+    return {kind: {"name": p.name, "sha256": cache.sha256_file(p)} for kind, p in paths.items()}
+
+
+class IncompleteArtifact(RuntimeError):
+    """An artifact's files are not one whole set written by one finished run."""
+
+
+def read_artifact(folder: str | Path, artifact_id: str) -> dict[str, Path]:
+    """The files of artifact ``artifact_id`` in ``folder`` by kind (``data``, ``image``, ``samples``,
+    table names, ``provenance``), each checked against ``<ID>.manifest.json``.
+
+    Raises :class:`IncompleteArtifact` when the manifest is missing (the run did not finish) or a
+    file is missing or differs from it (a mixed set: a later run was killed midway).
+    """
+    _check_id(artifact_id)
+    folder = Path(folder)
+    manifest_path = folder / f"{artifact_id}.manifest.json"
+    if not manifest_path.is_file():
+        raise IncompleteArtifact(f"{artifact_id} has no {manifest_path.name} in {folder}: its run did not finish; "
+                                 "rerun the experiment")
+    manifest = cache.read_json(manifest_path)
+    paths = {kind: folder / entry["name"] for kind, entry in manifest["files"].items()}
+    for kind, path in paths.items():
+        if not path.is_file() or cache.sha256_file(path) != manifest["files"][kind]["sha256"]:
+            raise IncompleteArtifact(f"{path.name} does not match {manifest_path.name}: a mixed or altered set "
+                                     "(a later run stopped midway?); rerun the experiment")
     return paths
 
 
@@ -107,12 +142,47 @@ def _paper_frame(artifact_id: str, row: str) -> pd.DataFrame:
     return pd.DataFrame(paper["rows"], columns=paper["columns"]).rename(columns={paper["columns"][0]: row})
 
 
+class CaptionedFrame(pd.DataFrame):
+    """A table with a caption: shown above it (an HTML ``<caption>``) in notebooks and in the book.
+    Columns that are (side, evaluation) pairs are shown grouped by evaluation, "paper | ours" below."""
+
+    _metadata = ["caption"]
+
+    @property
+    def _constructor(self):
+        return CaptionedFrame
+
+    def _shown(self) -> pd.DataFrame:
+        frame = pd.DataFrame(self)
+        if frame.columns.nlevels == 2 and set(frame.columns.get_level_values(0)) <= {"paper", "ours"}:
+            frame = frame.swaplevel(axis=1)
+        return frame
+
+    def _repr_html_(self) -> str | None:
+        from html import escape
+
+        html = self._shown()._repr_html_()
+        caption = getattr(self, "caption", None)
+        if html is None or not caption:
+            return html
+        return re.sub(r"(<table[^>]*>)", lambda m: f'{m.group(1)}\n  <caption>{escape(caption)}</caption>', html, count=1)
+
+    def __repr__(self) -> str:
+        caption = getattr(self, "caption", None)
+        return (f"{caption}\n" if caption else "") + repr(self._shown())
+
+
 def paper_beside_ours(results: pd.DataFrame, artifact_id: str, *, row: str, label: str,
                       evaluations: list[str], rows: list[str] | None = None) -> pd.DataFrame:
     """The paper's table (``mean ± std``) beside ours (mean, ± std when there are several seeds):
-    one row per ``row`` value, a (paper, ours) column pair per evaluation; cells of ours that the
-    profile did not run read "not run", and evaluations the paper lacks read "—". ``results`` has
-    columns ``row``, evaluation, accuracy and seed."""
+    one row per ``row`` value, a ("paper", evaluation) and ("ours", evaluation) column per
+    evaluation; cells of ours that the profile did not run read "not run", and evaluations the
+    paper lacks read "—". ``results`` has columns ``row``, evaluation, accuracy and seed.
+
+    The headers stay short; ``label`` (what "ours" is: profile, dataset, model, seeds) and the
+    paper's source are said once, in the table's caption (a ``CaptionedFrame``)."""
+    caption = _beside_caption(artifact_id, label)
+    label = "ours"
     pt = _paper_frame(artifact_id, row)
     out: dict = {}
     for _, r in pt.iterrows():
@@ -131,7 +201,16 @@ def paper_beside_ours(results: pd.DataFrame, artifact_id: str, *, row: str, labe
     frame = frame.astype(object)        # all-missing columns are float; the fill below is text
     for col in frame.columns:
         frame[col] = frame[col].fillna("—" if col[0] == "paper" else "not run")
+    frame = CaptionedFrame(frame)
+    frame.caption = caption
     return frame
+
+
+def _beside_caption(artifact_id: str, label: str) -> str:
+    """The caption of ``paper_beside_ours``: the paper's source, then what "ours" is."""
+    inner = re.fullmatch(r"ours \((.*)\)(.*)", label.strip(), flags=re.S)
+    ours = f"{inner.group(1)}{inner.group(2)}" if inner else label
+    return f"Accuracy (%). paper: {paper_result(artifact_id)['cite']}. ours: {ours}."
 
 
 def best_rows(results: pd.DataFrame, artifact_id: str, *, row: str) -> pd.DataFrame:

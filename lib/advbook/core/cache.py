@@ -4,7 +4,14 @@ Everything expensive (decoded datasets, trained weights) lives under one folder,
 ``$ADVBOOK_CACHE`` or ``~/.cache/advbook``. Entries are keyed by a hash of everything
 that determines their content, so two notebooks asking for the same thing share it.
 Every write goes to a temporary file first and is renamed into place, so a run killed
-midway never leaves a half-written file behind.
+midway never leaves a half-written file behind; the temporary files such a run leaves name
+its process and are swept once it is gone (:func:`sweep_orphans`, run by the first
+:func:`cache_dir` call of every process and by ``advbook cache info``).
+
+Checkpoints are checksummed (``<file>.sha256``) and loaded with ``weights_only=True``; a file
+that does not match its checksum, or has none (not verified), is refused and rebuilt. The
+folder gets a ``.advbook-cache`` marker when advbook creates it, and :func:`clear` removes only
+the sub-folders the cache writes (``data``, ``models``, ``evals``) of a marked folder.
 """
 from __future__ import annotations
 
@@ -13,15 +20,17 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 __all__ = [
-    "SUBFOLDERS", "MARKER", "NotACache", "cache_root", "cache_dir", "stable_hash", "atomic_path", "write_json", "read_json",
+    "SUBFOLDERS", "MARKER", "NotACache", "cache_root", "cache_dir", "stable_hash", "atomic_path", "sweep_orphans", "sweep_cache", "write_json", "read_json",
     "sha256_file", "write_bytes", "save_checkpoint", "load_checkpoint", "CorruptCheckpoint", "RebuildWarning", "clear",
 ]
 
@@ -36,6 +45,7 @@ class RebuildWarning(UserWarning):
 
 SUBFOLDERS = ("data", "models", "evals")  # all the cache ever writes lives under these
 MARKER = ".advbook-cache"  # written into the cache folder when advbook creates it
+_SWEPT: set[Path] = set()
 
 
 class NotACache(RuntimeError):
@@ -64,6 +74,9 @@ def cache_dir(sub: str | None = None) -> Path:
         raise ValueError(f"cache sub-folder {sub!r} must lie under one of {', '.join(SUBFOLDERS)}")
     root = cache_root()
     _claim(root)
+    if root not in _SWEPT:  # once per process and folder: what killed runs left behind
+        _SWEPT.add(root)
+        sweep_cache()
     path = root / sub if sub else root
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -77,10 +90,14 @@ def stable_hash(obj: Any, *, length: int = 16) -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file is ``.<name>.<pid>.<random>.tmp``: a process killed midway leaves it
+    behind, and :func:`sweep_orphans` removes it once that process is gone.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -89,6 +106,55 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+_TEMP = re.compile(r"^\..+\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp$")  # atomic_path's, naming its process
+_UNNAMED_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")       # older temp files, no process id
+_PARTIAL = re.compile(r"^\..+\.partial\.ipynb$")                 # papermill's unfinished executions
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _is_orphan(path: Path, *, now: float, stale_after: float) -> bool:
+    match = _TEMP.match(path.name)
+    if not (match or _UNNAMED_TEMP.match(path.name) or _PARTIAL.match(path.name)):
+        return False
+    try:
+        stale = now - path.stat().st_mtime > stale_after
+    except FileNotFoundError:  # its writer renamed or removed it meanwhile
+        return False
+    return stale or (match is not None and not _alive(int(match["pid"])))
+
+
+def sweep_orphans(folder: str | os.PathLike, *, stale_after: float = 3600.0) -> list[Path]:
+    """Remove the temporary files that killed runs left under ``folder``; return them.
+
+    Removed: :func:`atomic_path` temp files whose process no longer runs (on this machine), and
+    any such temp file or papermill ``.<notebook>.partial.ipynb`` untouched for ``stale_after``
+    seconds (those name no process). Files of live writers and all other files are kept.
+    """
+    now, removed = time.time(), []
+    for path in sorted(Path(folder).rglob(".*")):
+        if path.is_file() and _is_orphan(path, now=now, stale_after=stale_after):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def sweep_cache() -> list[Path]:
+    """:func:`sweep_orphans` over the cache's sub-folders (a killed decode can leave 100+ MiB)."""
+    root = cache_root()
+    return [p for sub in SUBFOLDERS if (root / sub).is_dir() for p in sweep_orphans(root / sub)]
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
