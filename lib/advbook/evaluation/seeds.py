@@ -6,7 +6,7 @@ import torch
 
 from advbook.evaluation import compare
 
-__all__ = ["evaluate_seeds"]
+__all__ = ["evaluate_seeds", "evaluate_variants"]
 
 
 def evaluate_seeds(trained: dict[int, dict], *, names: list[str], x: torch.Tensor, y: torch.Tensor,
@@ -19,3 +19,27 @@ def evaluate_seeds(trained: dict[int, dict], *, names: list[str], x: torch.Tenso
                                      attacks=attacks, batch_size=batch_size, seed=seed)
              for seed, models in trained.items()]
     return tuple(pd.concat(p, ignore_index=True).rename(columns={"model": unit}) for p in zip(*parts))
+
+
+def evaluate_variants(trained: dict[int, dict], *, white: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                      black: tuple[torch.Tensor, torch.Tensor, torch.Tensor], white_attacks: dict, black_attacks: dict,
+                      black_tables: tuple[str, ...], batch_size: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The ablation variants (``"<table>:<row>"`` -> model, per seed) under the white-box suite on
+    ``white = (x, y, index)`` and, for ``black_tables``, the black-box suite on ``black``. Returns
+    (accuracy rows without ``worst`` and without the black-box subset's duplicate ``natural``,
+    per-sample flags, seconds), with ``table``, ``variant`` and ``seed`` columns."""
+    parts = []
+    for seed, models in trained.items():
+        for name, m in models.items():
+            table, variant = name.split(":", 1)
+            parts.append(compare.evaluate_models({variant: m}, x=white[0], y=white[1], index=white[2],
+                                                 attacks=white_attacks, batch_size=batch_size, table=table, seed=seed))
+            if table in black_tables:   # natural and worst of the black-box subset would count its images twice
+                rows, flags, secs = compare.evaluate_models({variant: m}, x=black[0], y=black[1], index=black[2],
+                                                            attacks=black_attacks, batch_size=batch_size, table=table,
+                                                            seed=seed)
+                parts.append((rows, flags.assign(natural=None, worst=None), secs))
+    results, flags, seconds = (pd.concat(p, ignore_index=True).rename(columns={"model": "variant"}) for p in zip(*parts))
+    results = results[~results.evaluation.isin(["worst"]) & ~(results.evaluation.eq("natural") & results.duplicated(
+        ["table", "variant", "seed", "evaluation"]))]
+    return results, flags, seconds

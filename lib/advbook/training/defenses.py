@@ -124,3 +124,56 @@ def weight_summary(sums: dict[str, pd.DataFrame], records: pd.DataFrame, *, clas
                      "smallest share": classes[int(share.idxmin())],
                      "mean S_v·S_d / beta": float((g["S_v"] * g["S_d"]).mean() / beta) if len(g) else float("nan")})
     return pd.DataFrame(rows).set_index("defense") if rows else pd.DataFrame()
+
+
+def ablation_variants(params: dict) -> dict[str, dict[str, tuple[str, dict]]]:
+    """The variants of the VIR ablation tables chosen in ``params["tables"]`` (a ``vir_ablation``
+    parameter set): table -> {row label: (defense, overrides)}. Rows not varied keep the paper's
+    defaults (VIR §5.3)."""
+    at, trades = DEFENSES["vir_at"][1], DEFENSES["vir_trades"][1]
+    tables = {
+        "T6": {"plain": ("at", {}), "sv": ("vir_at", {"vir_use": "sv"}), "sd": ("vir_at", {"vir_use": "sd"}),
+               "full": ("vir_at", {})},
+        "T7": {"plain": ("trades", {}), "sv": ("vir_trades", {"vir_use": "sv"}),
+               "sd": ("vir_trades", {"vir_use": "sd"}), "full": ("vir_trades", {})},
+        "T9": {f"beta={b:g}": ("vir_at", {"vir_beta": b}) for b in params["at_betas"]},
+        "T10": {f"beta={b:g}": ("vir_trades", {"vir_beta": b}) for b in params["trades_betas"]},
+        "T11": {**{f"alpha={a:g},gamma={at['vir_gamma']:g}": ("vir_at", {"vir_alpha": a}) for a in params["at_alphas"]},
+                **{f"alpha={at['vir_alpha']:g},gamma={g:g}": ("vir_at", {"vir_gamma": g}) for g in params["at_gammas"]}},
+        "T12": {**{f"alpha={a:g},gamma={trades['vir_gamma']:g}": ("vir_trades", {"vir_alpha": a})
+                   for a in params["trades_alphas"]},
+                **{f"alpha={trades['vir_alpha']:g},gamma={g:g}": ("vir_trades", {"vir_gamma": g})
+                   for g in params["trades_gammas"]}},
+    }
+    return {t: v for t, v in tables.items() if t in params["tables"]}
+
+
+def train_variants(tables: dict, *, params: dict, dataset: Dataset, seeds: list[int], device,
+                   on_model=None) -> dict[int, dict[str, TrainedModel]]:
+    """Every variant of ``tables`` (from :func:`ablation_variants`) for every seed, labelled
+    ``"<table>:<row>"``, forking from the shared burn-ins of ``params`` (a ``vir_main`` set)."""
+    variants = {f"{t}:{label}": job for t, jobs in tables.items() for label, job in jobs.items()}
+    out = {}
+    for seed in seeds:
+        out[seed] = train_defenses([], params=params, dataset=dataset, seed=seed, device=device, variants=variants)
+        for m in out[seed].values():
+            if on_model is not None:
+                on_model(m)
+    return out
+
+
+def wide_data_cost(*, images: float = 20e6, epochs: int = 400, attack_steps: int = 10,
+                   gflops_per_image: float = 5.25) -> pd.DataFrame:
+    """What VIR Table 8 (WRN-28-10 on 20M generated images) would cost: passes, FLOPs (forward x3
+    for backward, per attack step and update), days on a 200 TFLOP/s GPU, years on 2 CPU cores at
+    50 GFLOP/s, and the images' size on disk."""
+    passes = images * epochs * (attack_steps + 1)
+    flops = passes * 3 * gflops_per_image * 1e9
+    return pd.DataFrame([
+        {"quantity": "image passes (images x epochs)", "value": f"{images * epochs:.1e}"},
+        {"quantity": f"forward-backward passes ({attack_steps}-step attack + update)", "value": f"{passes:.1e}"},
+        {"quantity": "floating-point operations", "value": f"{flops:.1e}"},
+        {"quantity": "days on one GPU at a sustained 200 TFLOP/s", "value": f"{flops / 2e14 / 86400:.0f}"},
+        {"quantity": "years on 2 CPU cores at a sustained 50 GFLOP/s", "value": f"{flops / 5e10 / 86400 / 365:.0f}"},
+        {"quantity": "generated images on disk (uint8, GB)", "value": f"{images * 3072 / 1e9:.0f}"},
+    ])
