@@ -26,8 +26,8 @@ import pandas as pd
 from advbook.core import cache
 from advbook.book.experiment import Run
 
-__all__ = ["ARTIFACT_ID", "write_artifact", "read_artifact", "IncompleteArtifact", "paper_result", "compare", "show_image", "new_figure",
-           "paper_beside_ours", "best_rows", "best_agreement"]
+__all__ = ["ARTIFACT_ID", "write_artifact", "read_artifact", "IncompleteArtifact", "paper_result", "compare",
+           "show_image", "new_figure", "paper_beside_ours", "best_rows", "best_agreement"]
 
 ARTIFACT_ID = re.compile(r"^(HOL|VIR|RRM|AGK|LEC)-[FT]\d+$")
 
@@ -142,47 +142,12 @@ def _paper_frame(artifact_id: str, row: str) -> pd.DataFrame:
     return pd.DataFrame(paper["rows"], columns=paper["columns"]).rename(columns={paper["columns"][0]: row})
 
 
-class CaptionedFrame(pd.DataFrame):
-    """A table with a caption: shown above it (an HTML ``<caption>``) in notebooks and in the book.
-    Columns that are (side, evaluation) pairs are shown grouped by evaluation, "paper | ours" below."""
-
-    _metadata = ["caption"]
-
-    @property
-    def _constructor(self):
-        return CaptionedFrame
-
-    def _shown(self) -> pd.DataFrame:
-        frame = pd.DataFrame(self)
-        if frame.columns.nlevels == 2 and set(frame.columns.get_level_values(0)) <= {"paper", "ours"}:
-            frame = frame.swaplevel(axis=1)
-        return frame
-
-    def _repr_html_(self) -> str | None:
-        from html import escape
-
-        html = self._shown()._repr_html_()
-        caption = getattr(self, "caption", None)
-        if html is None or not caption:
-            return html
-        return re.sub(r"(<table[^>]*>)", lambda m: f'{m.group(1)}\n  <caption>{escape(caption)}</caption>', html, count=1)
-
-    def __repr__(self) -> str:
-        caption = getattr(self, "caption", None)
-        return (f"{caption}\n" if caption else "") + repr(self._shown())
-
-
 def paper_beside_ours(results: pd.DataFrame, artifact_id: str, *, row: str, label: str,
                       evaluations: list[str], rows: list[str] | None = None) -> pd.DataFrame:
     """The paper's table (``mean ± std``) beside ours (mean, ± std when there are several seeds):
-    one row per ``row`` value, a ("paper", evaluation) and ("ours", evaluation) column per
-    evaluation; cells of ours that the profile did not run read "not run", and evaluations the
-    paper lacks read "—". ``results`` has columns ``row``, evaluation, accuracy and seed.
-
-    The headers stay short; ``label`` (what "ours" is: profile, dataset, model, seeds) and the
-    paper's source are said once, in the table's caption (a ``CaptionedFrame``)."""
-    caption = _beside_caption(artifact_id, label)
-    label = "ours"
+    one row per ``row`` value, a (paper, ours) column pair per evaluation; cells of ours that the
+    profile did not run read "not run", and evaluations the paper lacks read "—". ``results`` has
+    columns ``row``, evaluation, accuracy and seed."""
     pt = _paper_frame(artifact_id, row)
     out: dict = {}
     for _, r in pt.iterrows():
@@ -201,16 +166,7 @@ def paper_beside_ours(results: pd.DataFrame, artifact_id: str, *, row: str, labe
     frame = frame.astype(object)        # all-missing columns are float; the fill below is text
     for col in frame.columns:
         frame[col] = frame[col].fillna("—" if col[0] == "paper" else "not run")
-    frame = CaptionedFrame(frame)
-    frame.caption = caption
     return frame
-
-
-def _beside_caption(artifact_id: str, label: str) -> str:
-    """The caption of ``paper_beside_ours``: the paper's source, then what "ours" is."""
-    inner = re.fullmatch(r"ours \((.*)\)(.*)", label.strip(), flags=re.S)
-    ours = f"{inner.group(1)}{inner.group(2)}" if inner else label
-    return f"Accuracy (%). paper: {paper_result(artifact_id)['cite']}. ours: {ours}."
 
 
 def best_rows(results: pd.DataFrame, artifact_id: str, *, row: str) -> pd.DataFrame:
