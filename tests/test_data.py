@@ -102,3 +102,24 @@ def test_synthetic_is_deterministic_and_in_range():
     assert a.checksum == b.checksum and a.checksum != data.synthetic(seed=2).checksum
     x = data.to_float(a.train.images)
     assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
+
+
+def test_cached_files_follow_the_users_umask(tmp_path, monkeypatch):
+    """Atomic writes go through mkstemp (mode 0600); the cache and artifacts are created with the
+    user's umask instead, like any other file (a shared cache is readable by the group)."""
+    import os
+
+    from advbook.core import cache
+
+    monkeypatch.setenv("ADVBOOK_CACHE", str(tmp_path / "c"))
+    old = os.umask(0o022)
+    try:
+        data.load_cifar10(source=make_tree(tmp_path / "tree", per_class=1))
+        written = cache.write_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o077)
+        private = cache.write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    decoded = list((tmp_path / "c" / "data").glob("*.pt"))
+    assert decoded and all(p.stat().st_mode & 0o777 == 0o644 for p in decoded)
+    assert written.stat().st_mode & 0o777 == 0o644 and private.stat().st_mode & 0o777 == 0o600
