@@ -151,22 +151,25 @@ def claims_table(folder: Path) -> pd.DataFrame:
 
 
 def table_with_claims(run, artifact_id: str, *, results: pd.DataFrame, samples: pd.DataFrame, row: str,
-                      evaluations: list[str], label: str, rows: list[str] | None = None, table: str | None = None):
+                      evaluations: list[str], label: str, rows: list[str] | None = None, where: dict | None = None,
+                      reason: str | None = None):
     """A comparison table's page block: write the artifact (accuracy rows and per-sample flags),
     show the paper's table beside ours and decide its claims. With no rows (the table was not run
-    in this profile) the paper's table is shown alone and every claim is "not run". ``table``
-    keeps only the rows of that ``table`` column value."""
+    in this profile) the paper's table is shown alone and every claim is "not run". ``where``
+    keeps only the rows whose columns hold the given values; ``reason`` says why a table was not run."""
     from IPython.display import Markdown, display
 
-    if table is not None:   # one table of several evaluated together (the ablations)
-        results = results[results["table"] == table] if len(results) else results
-        samples = samples[samples["table"] == table] if len(samples) else samples
+    for column, value in (where or {}).items():   # one table of several evaluated together
+        keep = value if isinstance(value, list) else [value]
+        results = results[results[column].isin(keep)] if len(results) else results
+        samples = samples[samples[column].isin(keep)] if len(samples) else samples
     if len(results):
         report.write_artifact(run, artifact_id, data=results, samples=samples)
     else:
-        report.write_artifact(run, artifact_id, data={"status": "not run", "reason": f"{artifact_id} is not in this "
-                                                      f"run's tables (profile {run.profile})"})
-        display(Markdown(f"**{artifact_id}: not run in the `{run.profile}` profile.** The paper's numbers alone:"))
+        reason = reason or f"{artifact_id} is not among this run's tables"
+        report.write_artifact(run, artifact_id, data={"status": "not run", "reason": reason, "profile": run.profile})
+        display(Markdown(f"**{artifact_id}: not run in the `{run.profile}` profile: {reason}.** The paper's numbers "
+                         "alone:"))
     evals = [e for e in evaluations if (len(results) and e in set(results.evaluation))
              or e in set(report.paper_table(artifact_id)["evaluation"])]
     display(report.paper_beside_ours(results, artifact_id, row=row, label=label, evaluations=evals, rows=rows))

@@ -6,7 +6,7 @@ import torch
 
 from advbook.evaluation import compare
 
-__all__ = ["evaluate_seeds", "evaluate_variants"]
+__all__ = ["evaluate_seeds", "evaluate_variants", "train_evaluate_on", "on_datasets"]
 
 
 def evaluate_seeds(trained: dict[int, dict], *, names: list[str], x: torch.Tensor, y: torch.Tensor,
@@ -43,3 +43,40 @@ def evaluate_variants(trained: dict[int, dict], *, white: tuple[torch.Tensor, to
     results = results[~results.evaluation.isin(["worst"]) & ~(results.evaluation.eq("natural") & results.duplicated(
         ["table", "variant", "seed", "evaluation"]))]
     return results, flags, seconds
+
+
+def train_evaluate_on(dataset, *, names: list[str], params: dict, model: str, seeds: list[int], n: int,
+                      attacks: dict, device, on_model=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``names`` trained with ``params`` but architecture ``model`` on ``dataset`` (cached, shared
+    burn-ins), for every seed, and evaluated on ``n`` class-balanced test images. Returns
+    (accuracy rows, per-sample flags) with ``defense`` and ``seed`` columns."""
+    from advbook.data.cifar import balanced_subset
+
+    index = balanced_subset(dataset.test.labels, n_per_class=n // len(dataset.classes), seed=params["seed"])
+    return compare.train_and_evaluate(names, params={**params, "model": model}, dataset=dataset, seeds=seeds,
+                                      device=device, index=index, attacks=attacks, on_model=on_model)
+
+
+def on_datasets(names: list[str], *, defenses: list[str], params: dict, seeds: list[int], n: int, attacks: dict,
+                device, on_model=None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+    """:func:`train_evaluate_on` for every dataset of ``names`` that is available (VIR Tables 3-4),
+    with ``params["model"]``. Returns (accuracy rows with evaluations named ``<dataset>:<evaluation>``,
+    flags with a ``dataset`` column, and a status line per dataset: run, or why not)."""
+    from advbook.data.cifar import DatasetUnavailable
+    from advbook.data.registry import load_dataset
+
+    results, flags, status = [], [], {}
+    for name in names:
+        try:
+            dataset = load_dataset(name)
+        except DatasetUnavailable as exc:
+            status[name] = f"not run: dataset not available ({exc})"
+            continue
+        res, fl = train_evaluate_on(dataset, names=defenses, params=params, model=params["model"], seeds=seeds, n=n,
+                                    attacks=attacks, device=device, on_model=on_model)
+        results.append(res.assign(evaluation=name + ":" + res.evaluation, dataset=name))
+        flags.append(fl.assign(dataset=name))
+        status[name] = f"run ({dataset.name}, {len(dataset.train)} training images available)"
+    empty = pd.DataFrame()
+    return (pd.concat(results, ignore_index=True) if results else empty,
+            pd.concat(flags, ignore_index=True) if flags else empty, status)
