@@ -125,3 +125,9 @@ def start(experiment: str, *, profile: str, overrides: dict | None = None) -> Ru
         raise ParameterError(str(exc)) from None
     seed_everything(params["seed"])
     return Run(experiment, profile, params, dict(overrides or {}), device)
+
+
+def artifact_dir(profile: str) -> Path:
+    """Where a profile's artifacts are written: ``$ADVBOOK_ARTIFACTS/<profile>`` or ``artifacts/<profile>``."""
+    root = os.environ.get("ADVBOOK_ARTIFACTS") or repo_root() / "artifacts"
+    return Path(root) / profile

@@ -3,14 +3,31 @@
 Choices that live next to their implementation (datasets, models, attacks, defenses, ...) are named
 here as ``"module:REGISTRY"`` and looked up only when a value is checked, so reading a schema (for
 ``advbook --help`` or ``advbook params``) imports no training code.
+
+Every value is first checked on its own (type, range, choices; NaN and infinities never pass), then
+against the others by the experiment's :data:`RULES` (``f6_criteria`` among ``criteria``,
+``n_black <= n_eval``, enough images per class of the dataset, ...), so that a run stops before any
+work with one line naming the parameter and what is valid, not minutes later with a traceback.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any
+import math
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
 
-__all__ = ["Param", "SCHEMAS", "parse_value", "ParameterError"]
+__all__ = ["Param", "SCHEMAS", "PROFILES", "load_profiles", "parse_value", "ParameterError", "Rule", "RULES",
+           "cross_check", "DATASET_SIZES"]
+
+PROFILES = ("smoke", "cpu", "paper")
+
+
+def load_profiles() -> dict:
+    """Every experiment's notebook, title and values per profile (``profiles.toml``)."""
+    with open(Path(__file__).with_name("profiles.toml"), "rb") as f:
+        return tomllib.load(f)
 
 
 def _registry(ref: str) -> tuple[str, ...]:
@@ -39,54 +56,101 @@ class Param:
             return self.choices
         return self.extra + tuple(c for c in _registry(self.choices) if c not in self.exclude)
 
+    def valid(self) -> str:
+        """What is valid, in words (the end of every error message about this parameter)."""
+        if self.kind is bool:
+            return "true or false"
+        if self.choices is not None:
+            listed = ", ".join(self.valid_choices())
+            return f"comma-separated items of: {listed}" if self.kind is list else f"one of: {listed}"
+        kind = self.item if self.kind is list else self.kind
+        what = "integer" if kind is int else "number"
+        span = f" in [{_num(self.low)}, {_num(self.high)}]" if self.low is not None else ""
+        return f"comma-separated {what}s{span}" if self.kind is list else f"{'an' if kind is int else 'a'} {what}{span}"
+
     def check(self, name: str, value: Any) -> Any:
-        choices = self.valid_choices()
-        if isinstance(value, str) and self.kind is not str:
-            value = parse_value(value, self.kind)
-        if self.kind is list and self.item is not None:
-            value = list(value) if isinstance(value, (list, tuple)) else [value]
-            if not value:
-                raise ParameterError(f"{name} must list at least one {self.item.__name__}")
-            return [Param(self.item, self.help, self.low, self.high).check(name, v) for v in value]
+        """``value`` (or its command-line text) as this parameter's type if it is valid on its own;
+        else a one-line :class:`ParameterError` naming ``name`` and what is valid."""
         if self.kind is list:
-            value = [value] if isinstance(value, str) else list(value)
-            bad = [v for v in value if v not in choices]
-            if bad or not value:
-                raise ParameterError(f"{name}={value!r}: each item must be one of {', '.join(choices)}")
-            return value
-        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return self._check_list(name, value)
+        if isinstance(value, str) and self.kind is not str:
+            value = self._parse(name, value, self.kind)
+        return self._check_one(name, value, self.kind)
+
+    def _parse(self, name: str, text: str, kind: type) -> Any:
+        try:
+            return parse_value(text, kind, name=name)
+        except ParameterError as exc:
+            raise ParameterError(f"{exc}; valid: {self.valid()}") from None
+
+    def _check_one(self, name: str, value: Any, kind: type) -> Any:
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, self.kind) or (self.kind is int and isinstance(value, bool)):
-            raise ParameterError(f"{name}={value!r} must be of type {self.kind.__name__}")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ParameterError(f"{name}={value!r} must be of type {kind.__name__}; valid: {self.valid()}")
+        if kind is float and not math.isfinite(value):
+            raise ParameterError(f"{name}={value!r} is not a finite number; valid: {self.valid()}")
+        choices = self.valid_choices()
         if choices is not None and value not in choices:
             raise ParameterError(f"{name}={value!r} is not one of: {', '.join(choices)}")
-        if self.low is not None and value < self.low or self.high is not None and value > self.high:
-            raise ParameterError(f"{name}={value!r} is out of range [{self.low}, {self.high}]")
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise ParameterError(f"{name}={value!r} is out of range [{_num(self.low)}, {_num(self.high)}]")
+        return value
+
+    def _check_list(self, name: str, value: Any) -> list:
+        given = value
+        if isinstance(value, str):
+            value = parse_value(value, list, name=name)
+        else:
+            value = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not value:
+            raise ParameterError(f"{name}={given!r} lists nothing; valid: {self.valid()}")
+        if self.item is None:
+            choices = self.valid_choices()
+            if any(not isinstance(v, str) or v not in choices for v in value):
+                raise ParameterError(f"{name}={value!r}: each item must be one of {', '.join(choices)}")
+        else:
+            value = [self._check_one(name, self._parse(name, v, self.item) if isinstance(v, str) else v, self.item)
+                     for v in value]
+        if len(set(value)) < len(value):
+            raise ParameterError(f"{name}={value!r} must name each item once")
         return value
 
 
-def parse_value(text: str, kind: type) -> Any:
-    """Parse a command-line value: ints, floats (also fractions like ``8/255``), bools, lists."""
-    text = text.strip()
-    try:
-        if kind is bool:
-            if text.lower() in ("true", "1", "yes"):
-                return True
-            if text.lower() in ("false", "0", "no"):
-                return False
-            raise ValueError
-        if kind is int:
+def _num(v) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
+
+
+def parse_value(text: str, kind: type, *, name: str = "value") -> Any:
+    """Parse a command-line value: ints, finite floats (also fractions like ``8/255``), bools
+    (true/false, yes/no, 1/0), comma-separated lists. An unreadable text raises a one-line
+    :class:`ParameterError` that starts with ``name=text``."""
+    shown, text = text, text.strip()
+    if kind is bool:
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ParameterError(f"{name}={shown!r} cannot be read as true or false")
+    if kind is int:
+        try:
             return int(text)
-        if kind is float:
-            if "/" in text:
-                num, den = text.split("/")
-                return float(num) / float(den)
-            return float(text)
-        if kind is list:
-            return [t.strip() for t in text.split(",") if t.strip()]
-        return text
-    except ValueError:
-        raise ParameterError(f"cannot read {text!r} as {kind.__name__}") from None
+        except ValueError:
+            raise ParameterError(f"{name}={shown!r} cannot be read as an integer") from None
+    if kind is float:
+        try:
+            num, den = text.split("/") if "/" in text else (text, "1")
+            value = float(num) / float(den)
+        except ZeroDivisionError:
+            raise ParameterError(f"{name}={shown!r} divides by zero") from None
+        except ValueError:  # not a number, or more than one "/"
+            raise ParameterError(f"{name}={shown!r} cannot be read as a number") from None
+        if not math.isfinite(value):
+            raise ParameterError(f"{name}={shown!r} is not a finite number")
+        return value
+    if kind is list:
+        return [t.strip() for t in text.split(",") if t.strip()]
+    return text
 
 
 _COMMON = {
@@ -117,7 +181,8 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "attacks": Param(list, "attacks that estimate DDB and steps", choices="advbook.attacks.core:ATTACKS"),
         "pgd_norm": Param(str, "PGD threat model", choices="advbook.attacks.threats:THREATS"),
         **_ATTACK,
-        "eps": Param(float, "PGD budget (in [0, 1] pixel units)", 1e-6, 100.0),
+        "eps": Param(float, "PGD budget: L-inf in [0, 1] pixel units; with pgd_norm=l2 an L2 radius, up to 100",
+                     1e-6, 100.0),
         "random_start": Param(bool, "PGD starts at a random point of the ball"),
         "ddb_bins": Param(int, "DDB quantile bins for the spread of steps", 2, 100),
     },
@@ -170,7 +235,8 @@ SCHEMAS: dict[str, dict[str, Param]] = {
         "at_steps": Param(int, "training attack iterations", 1, 100),
         "reweight_from": Param(int, "first reweighted epoch (0-based); earlier epochs are the shared burn-in", 0, 1000),
         "trades_beta": Param(float, "TRADES' 1/lambda", 0.0, 100.0),
-        "vir_trades_beta": Param(float, "VIR-TRADES' 1/lambda (equal to trades_beta: the burn-in is shared)",
+        "vir_trades_beta": Param(float, "VIR-TRADES' 1/lambda (equal to trades_beta, it forks from TRADES' cached "
+                                        "burn-in; another value trains its own burn-in)",
                                  0.0, 100.0),
         "n_eval": Param(int, "test images evaluated, balanced over classes", 10, 10000),
         "eval_eps": Param(float, "evaluation budget (L-inf)", 1e-6, 1.0),
@@ -231,3 +297,7 @@ SCHEMAS: dict[str, dict[str, Param]] = {
 SCHEMAS["hol_kd"]["model"] = Param(str, "student architecture (the paper's: mobilenet_v2)", choices="advbook.models.zoo:MODELS")
 
 
+
+# Pages built from the other pages' artifacts (the claims page, the section map): the profile only.
+SCHEMAS["claims"] = {}
+SCHEMAS["where"] = {}

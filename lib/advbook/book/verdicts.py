@@ -18,7 +18,8 @@ from advbook.analysis import claims as engine
 from advbook.book import report
 from advbook.core import cache
 
-__all__ = ["load_claims", "artifact_tables", "context", "decide_artifact", "show", "claims_table", "SECTIONS"]
+__all__ = ["load_claims", "artifact_tables", "context", "decide_artifact", "show", "claims_table", "SECTIONS",
+           "decide_all", "claims_page", "table_with_claims"]
 
 # artifact prefix -> the page (MyST label) it is shown on, for links from the claims page
 SECTIONS = {"HOL-F2": "hol-ddb", "HOL-F3": "hol-toy", "HOL-T1": "hol-freq", "HOL-F4": "hol-freq",
@@ -174,3 +175,44 @@ def table_with_claims(run, artifact_id: str, *, results: pd.DataFrame, samples: 
              or e in set(report.paper_table(artifact_id)["evaluation"])]
     display(report.paper_beside_ours(results, artifact_id, row=row, label=label, evaluations=evals, rows=rows))
     return show(run, artifact_id)
+
+
+PAGES = {"hol-ddb": "01_hol_ddb", "hol-toy": "02_hol_toy_paths", "hol-freq": "03_hol_frequency",
+         "hol-trust": "04_hol_trust", "hol-kd": "05_hol_distillation", "vir-main": "06_vir_main",
+         "vir-ablations": "07_vir_ablations", "vir-scale": "08_vir_scale"}
+
+
+def decide_all(folder: Path) -> list[engine.Verdict]:
+    """Every claim of ``claims.toml`` re-decided from the artifacts in ``folder`` by the engine
+    alone; an artifact whose page has not run gives "not run" for its claims."""
+    folder = Path(folder)
+    out = []
+    for artifact in dict.fromkeys(c["artifact"] for c in load_claims()):
+        if (folder / f"{artifact}.provenance.json").exists():
+            out += decide_artifact(folder, artifact)
+        else:
+            ctx = engine.Context(profile=folder.name, dataset="—", seeds=())
+            out += [engine.not_run(c, ctx, "its page has not been executed in this profile")
+                    for c in load_claims(artifact)]
+    return out
+
+
+def claims_page(folder: Path) -> str:
+    """The claims page as Markdown: the count of each outcome, then one row per claim with its
+    verdict, statistic, interval, p, n and seeds, statement and a link to its section."""
+    verdicts = decide_all(folder)
+    counts = pd.Series([v.outcome for v in verdicts]).value_counts().reindex(list(engine.OUTCOMES), fill_value=0)
+    fmt = lambda x: "—" if x is None or not math.isfinite(x) else f"{x:.2f}"
+    fmt_p = lambda p: "—" if p is None or not math.isfinite(p) else ("< 0.0001" if p < 1e-4 else f"{p:.2g}")
+    cell = lambda text: str(text).replace("|", "\\|")
+    lines = [f"**{len(verdicts)} claims**: " + ", ".join(f"{n} {o}" for o, n in counts.items()) + ".", "",
+             "| claim | verdict | statistic [95% CI] | p | n × seeds | the paper's claim |",
+             "|---|---|---|---|---|---|"]
+    for v in verdicts:
+        page = PAGES.get(SECTIONS.get(v.artifact, ""), "")
+        link = f"[{v.claim}]({page}.html)" if page else v.claim
+        stat = (f"{v.statistic} {fmt(v.estimate)} [{fmt(v.low)}, {fmt(v.high)}]"
+                if v.outcome != "not run" and math.isfinite(v.estimate) else v.why)
+        lines.append(f"| {link} | **{v.outcome}** | {cell(stat)} | {fmt_p(v.p)} | {v.n} × {v.seeds} | "
+                     f"{cell(v.statement)} |")
+    return "\n".join(lines)
