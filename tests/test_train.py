@@ -200,3 +200,12 @@ def test_corrupt_final_without_its_checksum_file_is_rebuilt(synth, fresh_cache):
     assert not b.from_cache
     assert same(weights(a.model), weights(b.model))
     assert train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=10).from_cache
+
+
+def test_a_cache_hit_removes_the_resume_file_a_killed_run_left(synth, fresh_cache):
+    a = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=11)
+    last = a.checkpoint.with_name("last.pt")
+    cache.save_checkpoint(last, {"epoch": 3})  # killed after meta.json was written, before last.pt was removed
+    b = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=11)
+    assert b.from_cache
+    assert not last.exists() and not last.with_name("last.pt.sha256").exists()

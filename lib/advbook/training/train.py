@@ -134,6 +134,11 @@ def _rebuild_warning(what: str, exc: Exception, action: str) -> None:
     warnings.warn(f"{what} is unusable ({reason}); {action}", cache.RebuildWarning, stacklevel=3)
 
 
+def _remove_checkpoint(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+
+
 def _load_final(folder: Path, *, key: str, build: Callable[[], Classifier]) -> tuple[Classifier, dict] | None:
     """The cached model of ``folder`` and its meta, or None when it has none.
 
@@ -156,8 +161,8 @@ def _load_final(folder: Path, *, key: str, build: Callable[[], Classifier]) -> t
         model.load_state_dict(cache.load_checkpoint(final, sha256=meta["sha256"]))
     except (cache.CorruptCheckpoint, RuntimeError, ValueError, KeyError, TypeError) as exc:
         _rebuild_warning(f"cached model {folder.name}", exc, "rebuilding it from a fresh start")
-        for path in (meta_path, final, final.with_name(final.name + ".sha256")):
-            path.unlink(missing_ok=True)
+        meta_path.unlink(missing_ok=True)
+        _remove_checkpoint(final)
         return None
     return model, meta
 
@@ -203,6 +208,7 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
 
     cached = _load_final(folder, key=key, build=lambda: initial()[0])
     if cached is not None:
+        _remove_checkpoint(last)  # left by a run killed after meta.json was written
         return TrainedModel(cached[0].to(device).eval(), key, final, cached[1], from_cache=True)
     model, opt = initial()  # after a failed load too: exactly the start of a run in an empty cache
 
@@ -286,8 +292,7 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
             "dataset": dataset.identity(), "n_train": n, "train_seconds": round(seconds, 2),
             "history": history, "device": str(device), "version": TRAIN_CODE_VERSION}
     cache.write_json(meta_path, meta)
-    last.unlink(missing_ok=True)
-    last.with_name(last.name + ".sha256").unlink(missing_ok=True)
+    _remove_checkpoint(last)
     return TrainedModel(model, key, final, meta, from_cache=False)
 
 
