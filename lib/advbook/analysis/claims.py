@@ -58,6 +58,7 @@ class Verdict:
     rule: str
     why: str = ""
     comparisons: list = dataclasses.field(default_factory=list)
+    level: float = 0.95   # of the interval: simultaneous (Bonferroni) where a claim rests on several comparisons
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,7 +71,7 @@ class Verdict:
         p = "" if not math.isfinite(self.p) else (f", p = {self.p:.2g}" if self.p >= 1e-4 else ", p < 0.0001")
         seeds = f"{self.seeds} seed{'s' if self.seeds != 1 else ''}"
         return (f"**{self.outcome}** — {self.statistic} {num(self.estimate)} "
-                f"[95% CI {num(self.low)}, {num(self.high)}]{p}; n = {self.n}, {seeds}, "
+                f"[{100 * self.level:.4g}% CI {num(self.low)}, {num(self.high)}]{p}; n = {self.n}, {seeds}, "
                 f"{self.profile} profile, `{self.dataset}`. {self.why}").rstrip()
 
 
@@ -79,10 +80,11 @@ def not_run(claim: dict, ctx: Context, why: str) -> Verdict:
                    math.nan, 0, len(ctx.seeds), ctx.profile, ctx.dataset, claim["rule"], why)
 
 
-def _verdict(claim: dict, ctx: Context, outcome: str, test: stats.Test, why: str, comparisons=()) -> Verdict:
+def _verdict(claim: dict, ctx: Context, outcome: str, test: stats.Test, why: str, comparisons=(), *,
+             level: float = 0.95) -> Verdict:
     return Verdict(claim["id"], claim["artifact"], claim["statement"], outcome, test.name, test.estimate, test.low,
                    test.high, test.p, test.n, len(ctx.seeds), ctx.profile, ctx.dataset, claim["rule"], why,
-                   [dataclasses.asdict(c) | {"label": lbl} for lbl, c in comparisons])
+                   [dataclasses.asdict(c) | {"label": lbl} for lbl, c in comparisons], level)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,13 +143,19 @@ def _wide(frame: pd.DataFrame, *, unit: str, value: str, pair_on: list[str]) -> 
     return frame.set_index(keys)[value].unstack(unit).astype(float)
 
 
-def _pair_test(wide: pd.DataFrame, a, b) -> stats.Test:
+def _pair_test(wide: pd.DataFrame, a, b, *, level: float = 0.95) -> stats.Test:
     """A minus B on the images both were evaluated on (a missing flag drops the image: NaN is not "right")."""
     if a not in wide or b not in wide:
-        return stats.mcnemar(np.zeros(0, bool), np.zeros(0, bool))
+        return stats.mcnemar(np.zeros(0, bool), np.zeros(0, bool), level=level)
     va, vb = wide[a].to_numpy(float), wide[b].to_numpy(float)
     ok = np.isfinite(va) & np.isfinite(vb)
-    return stats.mcnemar(va[ok] != 0, vb[ok] != 0)
+    return stats.mcnemar(va[ok] != 0, vb[ok] != 0, level=level)
+
+
+def simultaneous(m: int) -> float:
+    """The confidence level of each of ``m`` intervals so that all hold together at 95 % (Bonferroni);
+    it matches the Holm-adjusted p-values printed beside them."""
+    return 1 - ALPHA / max(1, m)
 
 
 def _paired(frame: pd.DataFrame, *, unit: str, a: str, b: str, value: str, pair_on: list[str]) -> stats.Test:
@@ -195,13 +203,14 @@ def paired_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
     if not rivals:
         return not_run(claim, ctx, "none of the rivals was run in this profile")
     pairs = [(focus, r) for r in rivals] if "winner" in claim else [(r, focus) for r in rivals]
-    groups = frame.groupby(cells, sort=False) if cells else [((), frame)]
+    groups = list(frame.groupby(cells, sort=False)) if cells else [((), frame)]
+    level = simultaneous(len(groups) * len(pairs))
     labels, tests = [], []
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
         wide = _wide(g, unit=unit, value=value, pair_on=pair_on)
         for a, b in pairs:
-            tests.append(_pair_test(wide, a, b))
+            tests.append(_pair_test(wide, a, b, level=level))
             labels.append(", ".join([*(str(k) for k in key), f"{a} vs {b}"]))
     if not any(t.n for t in tests):
         return not_run(claim, ctx, "no image was evaluated by both sides")
@@ -221,7 +230,8 @@ def paired_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
                "in none. " + _size_hint(tests, len(ctx.seeds), labels))
     name = (f"smallest lead of {focus} (points)" if "winner" in claim
             else f"smallest lead over {focus} (points)")
-    return _verdict(claim, ctx, outcome, dataclasses.replace(closest, name=name), why, list(zip(labels, tests)))
+    return _verdict(claim, ctx, outcome, dataclasses.replace(closest, name=name), why, list(zip(labels, tests)),
+                    level=level)
 
 
 def paper_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
@@ -377,7 +387,7 @@ def flag_precision_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
     if frame is None or not len(frame):
         return not_run(claim, ctx, claim.get("empty", "not run in this profile"))
     cells, attacks = claim.get("cells", ["model"]), claim.get("attacks", ["pgd", "deepfool"])
-    labels, tests = [], []
+    labels, inputs = [], []
     for key, g in frame.groupby(cells, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         cal, ev = g["calibration"].to_numpy(bool), ~g["calibration"].to_numpy(bool)
@@ -391,9 +401,11 @@ def flag_precision_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
                 flags[score] = kmeans_flags(s[ev], reference=s[cal], seed=int(ctx.params.get("seed", 0)))
             win = flags.pop(f"T_{attack}")
             for rival, f in flags.items():
-                tests.append(dataclasses.replace(stats.paired_bootstrap(_precision_gap, win, f, wrong, vectorized=True),
-                                                 name="flagging-accuracy difference (points)"))
+                inputs.append((win, f, wrong))
                 labels.append(", ".join([*(str(k) for k in key), attack, f"T vs {rival}"]))
+    level = simultaneous(len(inputs))
+    tests = [dataclasses.replace(stats.paired_bootstrap(_precision_gap, *cols, vectorized=True, level=level),
+                                 name="flagging-accuracy difference (points)") for cols in inputs]
     if not tests:
         return not_run(claim, ctx, "no trust score was computed in this run")
     adjusted = stats.holm([t.p for t in tests])
@@ -412,7 +424,7 @@ def flag_precision_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
     head = dataclasses.replace(head, name="smallest advantage of T (points)")
     why = (f"{sum(t.estimate > 0 for t in finite)} of {len(tests)} comparisons favour T; "
            f"{sum(t.p < ALPHA for t in tests)} are significant after Holm.")
-    return _verdict(claim, ctx, outcome, head, why, list(zip(labels, tests)))
+    return _verdict(claim, ctx, outcome, head, why, list(zip(labels, tests)), level=level)
 
 
 RULES: dict[str, Callable[[dict, dict, Context], Verdict]] = {

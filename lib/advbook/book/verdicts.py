@@ -206,7 +206,7 @@ def claims_page(folder: Path) -> str:
     fmt_p = lambda p: "—" if p is None or not math.isfinite(p) else ("< 0.0001" if p < 1e-4 else f"{p:.2g}")
     cell = lambda text: str(text).replace("|", "\\|")
     lines = [f"**{len(verdicts)} claims**: " + ", ".join(f"{n} {o}" for o, n in counts.items()) + ".", "",
-             "| claim | verdict | statistic [95% CI] | p | n × seeds | the paper's claim |",
+             "| claim | verdict | statistic [CI] | p | n × seeds | the paper's claim |",
              "|---|---|---|---|---|---|"]
     for v in verdicts:
         page = PAGES.get(SECTIONS.get(v.artifact, ""), "")
