@@ -14,28 +14,20 @@ import platform
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import torch
 
-from advbook.book.schemas import SCHEMAS, Param, ParameterError, parse_value
+from advbook.book.schemas import PROFILES, SCHEMAS, Param, ParameterError, cross_check, load_profiles, parse_value
 from advbook.core.paths import repo_root
 from advbook.core.seeding import DeviceUnavailable, pick_device, seed_everything
 
 __all__ = ["Param", "SCHEMAS", "PROFILES", "load_profiles", "resolve", "parse_value", "start", "Run",
            "pick_device", "seed_everything", "repo_root", "ParameterError"]
 
-PROFILES = ("smoke", "cpu", "paper")
-
-
-def load_profiles() -> dict:
-    with open(Path(__file__).with_name("profiles.toml"), "rb") as f:
-        return tomllib.load(f)
-
-
 def resolve(experiment: str, *, profile: str, overrides: dict | None = None) -> dict:
-    """The checked parameters of ``experiment`` under ``profile`` with ``overrides`` applied."""
+    """The checked parameters of ``experiment`` under ``profile`` with ``overrides`` applied: each
+    value valid on its own, then all of them together (:func:`~advbook.book.schemas.cross_check`)."""
     if experiment not in SCHEMAS:
         raise ParameterError(f"unknown experiment {experiment!r}; valid: {', '.join(SCHEMAS)}")
     if profile not in PROFILES:
@@ -50,7 +42,9 @@ def resolve(experiment: str, *, profile: str, overrides: dict | None = None) -> 
     missing = sorted(set(schema) - set(values))
     if missing:
         raise ParameterError(f"profile {profile} of {experiment} lacks {', '.join(missing)}")
-    return {name: schema[name].check(name, values[name]) for name in schema}
+    params = {name: schema[name].check(name, values[name]) for name in schema}
+    cross_check(experiment, params)
+    return params
 
 
 def _git_commit() -> dict:

@@ -296,6 +296,111 @@ SCHEMAS: dict[str, dict[str, Param]] = {
 }
 SCHEMAS["hol_kd"]["model"] = Param(str, "student architecture (the paper's: mobilenet_v2)", choices="advbook.models.zoo:MODELS")
 
+# What the cross-checks need to know of each dataset without loading it: classes, training and test
+# images per class (of the smallest class: SVHN is unbalanced) and test images in all. ``synthetic`` is
+# ``data.synthetic()``'s default. A local copy (ADVBOOK_DATA) with fewer images fails when it is read.
+DATASET_SIZES: dict[str, tuple[int, int, int, int]] = {  # name: (classes, train/class, test/class, test)
+    "cifar10": (10, 5000, 1000, 10000),
+    "cifar100": (100, 500, 100, 10000),
+    "svhn": (10, 4659, 1595, 26032),
+    "tinyimagenet": (200, 500, 50, 10000),
+    "synthetic": (10, 20, 10, 100),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A constraint between parameters, checked once every value is valid on its own: ``holds(p)``
+    says whether the values ``p`` agree, ``says(p)`` is the one-line error, naming first the
+    parameter to change and then what is valid."""
+    holds: Callable[[dict], bool]
+    says: Callable[[dict], str]
+
+
+def _size(p: dict, what: int) -> int:
+    return DATASET_SIZES[p["dataset"]][what]
+
+
+def _at_most(name: str, other: str, why: str) -> Rule:
+    return Rule(lambda p: max(p[name]) <= p[other] if isinstance(p[name], list) else p[name] <= p[other],
+                lambda p: f"{name}={p[name]!r} must be at most {other}={p[other]!r} ({why})")
+
+
+def _less(name: str, other: str, why: str) -> Rule:
+    return Rule(lambda p: p[name] < p[other], lambda p: f"{name}={p[name]!r} must be less than {other}={p[other]!r} ({why})")
+
+
+def _among(name: str, other: str, why: str) -> Rule:
+    def holds(p):
+        values = p[name] if isinstance(p[name], list) else [p[name]]
+        return all(any(v == w or isinstance(v, float) and math.isclose(v, w) for w in p[other]) for v in values)
+    return Rule(holds, lambda p: f"{name}={p[name]!r} must be {'among' if isinstance(p[name], list) else 'one of'} "
+                                 f"{other}={p[other]!r} ({why})")
+
+
+def _per_class(name: str) -> tuple[Rule, ...]:
+    """``name`` test images, balanced over classes (``name // classes`` of each): at least one and at
+    most what the dataset's smallest class holds."""
+    return (Rule(lambda p: p[name] >= _size(p, 0),
+                 lambda p: f"{name}={p[name]!r} must be at least {_size(p, 0)}: {p['dataset']} has {_size(p, 0)} "
+                           f"classes and {name} // {_size(p, 0)} images of each are used"),
+            Rule(lambda p: p[name] // _size(p, 0) <= _size(p, 2),
+                 lambda p: f"{name}={p[name]!r} must be at most {_size(p, 0) * _size(p, 2)}: {p['dataset']} has "
+                           f"{_size(p, 2)} test images per class ({name} // {_size(p, 0)} of each are used)"))
+
+
+def _train_per_class(name: str) -> Rule:
+    return Rule(lambda p: p[name] <= _size(p, 1),
+                lambda p: f"{name}={p[name]!r} must be at most {_size(p, 1)}: {p['dataset']} has {_size(p, 1)} "
+                          f"training images per class")
+
+
+def _calibration(n: str) -> Rule:
+    """The calibration share of the ``n`` images actually used (a multiple of the classes) must leave
+    two images for the two clusters and one image to flag."""
+    def split(p):
+        used = p[n] // _size(p, 0) * _size(p, 0)
+        return used, int(p["calibration_share"] * used)
+    return Rule(lambda p: split(p)[1] >= 2 and split(p)[0] - split(p)[1] >= 1,
+                lambda p: f"calibration_share={p['calibration_share']!r} of {n}={p[n]!r} ({split(p)[0]} images used) "
+                          f"must leave at least 2 images to fit the two clusters and 1 to flag")
+
+
+_LINF_EPS = Rule(lambda p: p["pgd_norm"] != "linf" or p["eps"] <= 1.0,
+                 lambda p: f"eps={p['eps']!r} must be at most 1 with pgd_norm=linf (pixel values lie in [0, 1]); "
+                           "only an L2 radius (pgd_norm=l2) may exceed 1")
+_MDMT = Rule(lambda p: "mdmt" not in p["mde_parts"] or p["mde_targets"] < _size(p, 0),
+             lambda p: f"mde_targets={p['mde_targets']!r} must be at most {_size(p, 0) - 1}: {p['dataset']} has "
+                       f"{_size(p, 0)} classes and MD-MT targets the others")
+
+# Per experiment: the constraints between its parameters, checked by :func:`cross_check` (``resolve``).
+RULES: dict[str, tuple[Rule, ...]] = {
+    "hol_ddb": (*_per_class("n_samples"), _train_per_class("train_per_class"), _LINF_EPS),
+    "hol_freq": (*_per_class("n_samples"), _train_per_class("train_per_class"),
+                 Rule(lambda p: p["example_index"] < _size(p, 3),
+                      lambda p: f"example_index={p['example_index']!r} must be less than {_size(p, 3)}: "
+                                f"{p['dataset']} has {_size(p, 3)} test images")),
+    "hol_trust": (*_per_class("n_samples"), _calibration("n_samples")),
+    "hol_kd": (_train_per_class("pool_per_class"),
+               _at_most("budgets", "pool_per_class", "each transfer set is picked from the pool"),
+               *_per_class("n_eval"), *_per_class("n_flag"), _calibration("n_flag"),
+               _among("f6_criteria", "criteria", "HOL-F6 scores students that were trained"),
+               _among("f6_tau", "taus", "HOL-F6 scores students that were trained")),
+    "vir_main": (_train_per_class("train_per_class"), *_per_class("n_eval"), *_per_class("n_black"),
+                 _at_most("n_black", "n_eval", "the black-box images are the first of the evaluated ones"),
+                 _less("reweight_from", "epochs", "reweighting starts at that epoch; 0 reweights from the start"),
+                 _less("mde_change_point", "mde_steps", "MD switches to the full margin after that step"),
+                 _MDMT),
+}
+
+
+def cross_check(experiment: str, params: dict) -> None:
+    """Raise a one-line :class:`ParameterError` for the first of ``experiment``'s :data:`RULES` that
+    ``params`` (each already valid on its own) break."""
+    for rule in RULES.get(experiment, ()):
+        if not rule.holds(params):
+            raise ParameterError(rule.says(params))
+
 
 
 # Pages built from the other pages' artifacts (the claims page, the section map): the profile only.
