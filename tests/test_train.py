@@ -209,3 +209,23 @@ def test_a_cache_hit_removes_the_resume_file_a_killed_run_left(synth, fresh_cach
     b = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG, seed=11)
     assert b.from_cache
     assert not last.exists() and not last.with_name("last.pt.sha256").exists()
+
+
+def test_a_run_killed_four_times_ends_with_byte_identical_files(synth, fresh_cache):
+    cfg = train.TrainConfig(epochs=5, batch_size=64, lr=0.05)
+    reference = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=cfg, seed=12)
+
+    class Killed(Exception):
+        pass
+
+    fresh_cache("killed")
+    for kill_at in (1, 2, 3, 4):  # each attempt runs one more epoch, then dies
+        def die(epoch, row, kill_at=kill_at):
+            if epoch == kill_at:
+                raise Killed
+        with pytest.raises(Killed):
+            train.train_model(model_name="tiny_cnn", dataset=synth, cfg=cfg, seed=12, on_epoch_end=die)
+    resumed = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=cfg, seed=12)
+    assert resumed.checkpoint.read_bytes() == reference.checkpoint.read_bytes()
+    assert resumed.meta["sha256"] == reference.meta["sha256"]
+    assert resumed.meta["history"] == reference.meta["history"]
