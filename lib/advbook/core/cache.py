@@ -30,8 +30,9 @@ from typing import Any, Iterator
 import torch
 
 __all__ = [
-    "SUBFOLDERS", "MARKER", "NotACache", "cache_root", "cache_dir", "stable_hash", "atomic_path", "sweep_orphans", "sweep_cache", "write_json", "read_json",
-    "sha256_file", "write_bytes", "save_checkpoint", "load_checkpoint", "CorruptCheckpoint", "RebuildWarning", "clear",
+    "SUBFOLDERS", "MARKER", "NotACache", "cache_root", "cache_dir", "stable_hash", "atomic_path", "sweep_orphans",
+    "sweep_cache", "write_json", "read_json", "sha256_file", "write_bytes", "save_checkpoint", "load_checkpoint",
+    "CorruptCheckpoint", "RebuildWarning", "clear",
 ]
 
 
