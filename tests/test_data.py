@@ -123,3 +123,90 @@ def test_cached_files_follow_the_users_umask(tmp_path, monkeypatch):
     decoded = list((tmp_path / "c" / "data").glob("*.pt"))
     assert decoded and all(p.stat().st_mode & 0o777 == 0o644 for p in decoded)
     assert written.stat().st_mode & 0o777 == 0o644 and private.stat().st_mode & 0o777 == 0o600
+
+
+LAYOUTS = r"ADVBOOK_DATA=.*cifar-10-batches-py.*ImageFolder tree.*\.tar\.gz"
+
+
+def make_tarball(tmp_path, name="copy.tar.gz", *, per_class=2, splits=("train", "test")):
+    tree = make_tree(tmp_path / f"tree-{name}", per_class=per_class)
+    tarball = tmp_path / name
+    with tarfile.open(tarball, "w:gz") as tf:
+        for split in splits:
+            tf.add(tree / split, arcname=split)
+    return tarball
+
+
+def bad_settings(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "text.tar.gz").write_text("not an archive\n")
+    (tmp_path / "empty-splits" / "train").mkdir(parents=True)
+    (tmp_path / "empty-splits" / "test").mkdir()
+    (tmp_path / "batches" / "cifar-10-batches-py").mkdir(parents=True)
+    full = make_tarball(tmp_path, "full.tar.gz", per_class=20)
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(full.read_bytes()[:200])  # cut inside the first members
+    return {"missing": tmp_path / "nowhere", "empty folder": tmp_path / "empty",
+            "text file named .tar.gz": tmp_path / "text.tar.gz", "truncated at the start": truncated,
+            "train/ and test/ without images": tmp_path / "empty-splits",
+            "cifar-10-batches-py without batches": tmp_path / "batches",
+            "tarball without test/": make_tarball(tmp_path, "train-only.tar.gz", splits=("train",))}
+
+
+def test_check_source_refuses_bad_settings_in_one_line_naming_the_layouts(tmp_path):
+    for case, source in bad_settings(tmp_path).items():
+        with pytest.raises(data.DatasetUnavailable, match=LAYOUTS) as err:
+            cifar.check_source(source)
+        assert len(str(err.value).splitlines()) == 1, case
+        with pytest.raises(data.DatasetUnavailable, match=LAYOUTS):  # loading says the same
+            data.load_cifar10(source=source)
+
+
+def test_check_source_accepts_the_layouts_without_decoding(tmp_path, monkeypatch):
+    tree = make_tree(tmp_path / "tree")
+    tarball = make_tarball(tmp_path)
+    monkeypatch.setattr(cifar, "_decode_imagefolder_entries", lambda entries: pytest.fail("decoded"))
+    for source in (tree, tarball):
+        assert cifar.check_source(source) == source.resolve()
+
+
+def test_a_tarball_truncated_after_its_listing_fails_in_one_line_while_decoding(tmp_path):
+    full = make_tarball(tmp_path, per_class=30)
+    truncated = tmp_path / "cut.tar.gz"
+    truncated.write_bytes(full.read_bytes()[: int(0.9 * full.stat().st_size)])
+    assert cifar.check_source(truncated) == truncated.resolve()  # the listing stops at the first test/ member
+    with pytest.raises(data.DatasetUnavailable, match=LAYOUTS) as err:
+        data.load_cifar10(source=truncated)
+    assert len(str(err.value).splitlines()) == 1 and "truncated or corrupt" in str(err.value)
+
+
+def test_the_default_data_setting_is_checked_through_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVBOOK_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(data.DatasetUnavailable, match=r"^ADVBOOK_DATA=.*nowhere does not exist"):
+        cifar.check_source()
+
+
+@pytest.mark.parametrize("error", [OSError("no network"), RuntimeError("File not found or corrupted."),
+                                   EOFError("Compressed file ended"), tarfile.ReadError("truncated")])
+def test_download_failures_that_mean_absence_say_how_to_provide_the_data(monkeypatch, error):
+    def offline(root, *, download):
+        raise error
+
+    monkeypatch.setattr(cifar, "_read_torchvision", offline)
+    with pytest.raises(data.DatasetUnavailable, match=r"set ADVBOOK_DATA to a local copy"):
+        data.load_cifar10(source="")
+
+
+def test_a_bug_during_the_download_is_not_reported_as_missing_data(monkeypatch):
+    from advbook.data import more
+
+    def bug(*args, **kwargs):
+        raise TypeError("unexpected keyword argument 'downlaod'")
+
+    monkeypatch.setattr(cifar, "_read_torchvision", bug)
+    with pytest.raises(TypeError, match="downlaod"):
+        data.load_cifar10(source="")
+    with pytest.raises(TypeError, match="downlaod"):
+        more._download("svhn", bug)
+    with pytest.raises(data.DatasetUnavailable, match="ADVBOOK_DATA_SVHN"):
+        more._download("svhn", lambda root: (_ for _ in ()).throw(OSError("no network")))

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import io
 import os
 import tarfile
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ from advbook.core.tensors import tensor_checksum, to_float
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "Split", "Dataset", "DatasetUnavailable",
-    "load_cifar10", "load_dataset", "balanced_subset", "synthetic", "to_float", "tensor_checksum", "DATASETS",
+    "load_cifar10", "check_source", "LAYOUTS", "DOWNLOAD_ERRORS", "load_dataset", "balanced_subset", "synthetic", "to_float", "tensor_checksum", "DATASETS",
     "cached_splits", "from_state",
 ]
 
@@ -53,8 +55,24 @@ HOW_TO_PROVIDE = (
 )
 
 
+LAYOUTS = ("a folder holding torchvision's cifar-10-batches-py, an ImageFolder tree with train/<class>/ and "
+           "test/<class>/, or a .tar.gz of such a tree")
+# What a failed download raises when the data is really absent: no network or refused (OSError, URLError),
+# an interrupted transfer (IncompleteRead), torchvision's integrity check (RuntimeError), a truncated
+# archive (EOFError, ReadError, zlib.error). Anything else is a bug and is not reported as missing data.
+DOWNLOAD_ERRORS = (OSError, RuntimeError, http.client.HTTPException, EOFError, tarfile.ReadError, zlib.error)
+
+
 class DatasetUnavailable(RuntimeError):
     """The dataset is neither cached nor reachable; the message says how to provide it."""
+
+
+def _bad_setting(source, problem: str) -> DatasetUnavailable:
+    return DatasetUnavailable(f"ADVBOOK_DATA={source} {problem}; accepted: {LAYOUTS}, or unset it to download")
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,14 +129,66 @@ def _decode_imagefolder_entries(entries) -> dict[str, tuple[torch.Tensor, torch.
 
 
 def _read_tarball(path: Path):
-    with tarfile.open(path, "r:*") as tf:
-        members = [m for m in tf.getmembers() if m.isfile()]
-        return _decode_imagefolder_entries((m.name, tf.extractfile(m).read) for m in members)
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            members = [m for m in tf.getmembers() if m.isfile()]
+            return _decode_imagefolder_entries((m.name, tf.extractfile(m).read) for m in members)
+    except (tarfile.ReadError, EOFError, zlib.error, OSError) as exc:  # truncated, corrupt, unreadable image
+        raise _bad_setting(path, f"is truncated or corrupt ({_one_line(exc)})") from exc
 
 
 def _read_tree(path: Path):
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    return _decode_imagefolder_entries((str(p.relative_to(path)), p.read_bytes) for p in files)
+    try:
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return _decode_imagefolder_entries((str(p.relative_to(path)), p.read_bytes) for p in files)
+    except OSError as exc:  # an unreadable file or image
+        raise _bad_setting(path, f"holds an unreadable file ({_one_line(exc)})") from exc
+
+
+def _split_of(name: str) -> str | None:
+    """``train`` or ``test`` for an image member ``.../<split>/<class>/<file>``, else None."""
+    parts = Path(name).parts
+    return parts[-3] if len(parts) >= 3 and parts[-3] in ("train", "test") else None
+
+
+def _list_tarball(source, path: Path) -> None:
+    """Open the tarball and read its listing until an image of both train/ and test/ is seen."""
+    seen = set()
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            for member in tf:
+                if member.isfile() and _split_of(member.name):
+                    seen.add(_split_of(member.name))
+                    if len(seen) == 2:
+                        return
+    except (tarfile.ReadError, EOFError, zlib.error, OSError) as exc:
+        raise _bad_setting(source, f"cannot be read as a tar archive ({_one_line(exc)})") from exc
+    missing = sorted({"train", "test"} - seen)
+    raise _bad_setting(source, f"holds no images under {' or '.join(f'{s}/<class>/' for s in missing)}")
+
+
+def check_source(source: str | os.PathLike | None = None) -> Path | None:
+    """Check a CIFAR-10 data setting (default: :func:`default_source`) cheaply, before any work: it
+    exists and has one of the accepted layouts, a tree has files under train/ and test/, a
+    cifar-10-batches-py folder has its six batches, a tarball opens and lists images of both
+    splits (its listing is read up to the first image of each; nothing is decoded). Returns the
+    local path, or None where the data is downloaded. Raises a one-line
+    :class:`DatasetUnavailable` naming ADVBOOK_DATA and the accepted layouts."""
+    if source is None:
+        source = default_source()
+    kind, path = _layout(source)
+    if kind == "tarball":
+        _list_tarball(source, path)
+    elif kind == "tree":
+        for split in ("train", "test"):
+            if next((f for f in (path / split).rglob("*") if f.is_file()), None) is None:
+                raise _bad_setting(source, f"has no files under {split}/")
+    elif kind == "torchvision":
+        folder = path / "cifar-10-batches-py"
+        missing = [n for n in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if not (folder / n).is_file()]
+        if missing:
+            raise _bad_setting(source, f"lacks {', '.join(missing)} in {folder}")
+    return path
 
 
 def _read_torchvision(root: Path, *, download: bool):
@@ -132,27 +202,33 @@ def _read_torchvision(root: Path, *, download: bool):
     return out
 
 
-def _resolve_source(source: str | os.PathLike | None) -> tuple[str, str, Path | None]:
-    """Return (kind, identity name, path) for a data setting."""
+def _layout(source: str | os.PathLike | None) -> tuple[str, Path | None]:
+    """(kind, path) of a data setting: download, tarball, torchvision or tree; the path must exist."""
     if source in (None, ""):
-        return "download", "cifar10", None
+        return "download", None
     path = Path(source).expanduser().resolve()
     if not path.exists():
-        raise DatasetUnavailable(
-            f"ADVBOOK_DATA={source} does not exist; point it at a cifar-10-batches-py folder, "
-            "an ImageFolder tree with train/ and test/, or a .tar.gz of one, or unset it to download.")
+        raise _bad_setting(source, "does not exist")
     if path.is_file():
         if not path.name.endswith((".tar.gz", ".tgz", ".tar")):
-            raise DatasetUnavailable(f"ADVBOOK_DATA={source} is a file but not a .tar.gz/.tgz/.tar archive")
-        name = "cifar10-jpeg75" if cache.sha256_file(path) == JPEG75_SHA256 else f"cifar10-imagefolder-{path.name}"
-        return "tarball", name, path
+            raise _bad_setting(source, "is a file but not a .tar.gz/.tgz/.tar archive")
+        return "tarball", path
     if (path / "cifar-10-batches-py").is_dir() or path.name == "cifar-10-batches-py":
-        return "torchvision", "cifar10", path.parent if path.name == "cifar-10-batches-py" else path
+        return "torchvision", path.parent if path.name == "cifar-10-batches-py" else path
     if (path / "train").is_dir() and (path / "test").is_dir():
-        return "tree", f"cifar10-imagefolder-{path.name}", path
-    raise DatasetUnavailable(
-        f"ADVBOOK_DATA={source} is neither a cifar-10-batches-py folder nor an ImageFolder tree "
-        "with train/ and test/ sub-folders")
+        return "tree", path
+    raise _bad_setting(source, "is neither a cifar-10-batches-py folder nor an ImageFolder tree with train/ and "
+                               "test/ sub-folders")
+
+
+def _resolve_source(source: str | os.PathLike | None) -> tuple[str, str, Path | None]:
+    """Return (kind, identity name, path) for a data setting."""
+    kind, path = _layout(source)
+    if kind == "tarball":
+        name = "cifar10-jpeg75" if cache.sha256_file(path) == JPEG75_SHA256 else f"cifar10-imagefolder-{path.name}"
+    else:
+        name = f"cifar10-imagefolder-{path.name}" if kind == "tree" else "cifar10"
+    return kind, name, path
 
 
 def default_source() -> str | None:
@@ -201,8 +277,9 @@ def load_cifar10(*, source: str | os.PathLike | None = None) -> Dataset:
             root = cache.cache_dir("data/torchvision")
             try:
                 return _read_torchvision(root, download=True)
-            except Exception as exc:  # no network, refused, truncated download
-                raise DatasetUnavailable(HOW_TO_PROVIDE.format(cache=root, why=type(exc).__name__)) from None
+            except DOWNLOAD_ERRORS as exc:  # no network, refused, truncated download (a bug is not caught)
+                raise DatasetUnavailable(HOW_TO_PROVIDE.format(cache=root, why=_one_line(exc))) from exc
+        check_source(path)  # the layout, before decoding anything
         if kind == "torchvision":
             return _read_torchvision(path, download=False)
         return _read_tarball(path) if kind == "tarball" else _read_tree(path)

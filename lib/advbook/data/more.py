@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from advbook.core import cache
-from advbook.data.cifar import Dataset, DatasetUnavailable, cached_splits, from_state
+from advbook.data.cifar import DOWNLOAD_ERRORS, Dataset, DatasetUnavailable, cached_splits, from_state
 
 __all__ = ["load_svhn", "load_cifar100", "load_tinyimagenet", "ENV"]
 
@@ -49,8 +49,8 @@ def _download(name: str, fetch) -> Path:
     socket.setdefaulttimeout(30)
     try:
         fetch(str(root))
-    except Exception as exc:  # no network, refused, truncated download
-        raise _unavailable(name, "the download failed") from None
+    except DOWNLOAD_ERRORS as exc:  # no network, refused, truncated download (a bug is not caught)
+        raise _unavailable(name, f"the download failed: {type(exc).__name__}: {' '.join(str(exc).split())}") from exc
     finally:
         socket.setdefaulttimeout(old)
     return root
