@@ -539,6 +539,14 @@ def write_fake_vir_t1(folder: Path) -> None:
     flags.to_csv(folder / "VIR-T1.samples.csv", index=False)
     (folder / "VIR-T1.provenance.json").write_text(json.dumps(
         {"profile": "fast", "dataset": {"name": "cifar10"}, "seeds": {"seed": 0}, "params": {}}))
+    seal(folder, "VIR-T1", {"samples": "VIR-T1.samples.csv", "provenance": "VIR-T1.provenance.json"})
+
+
+def seal(folder: Path, artifact_id: str, files: dict[str, str]) -> None:
+    """The manifest write_artifact writes last: without it a set is refused as unfinished."""
+    import hashlib
+    sums = {k: {"name": n, "sha256": hashlib.sha256((folder / n).read_bytes()).hexdigest()} for k, n in files.items()}
+    (folder / f"{artifact_id}.manifest.json").write_text(json.dumps({"artifact": artifact_id, "files": sums}))
 
 
 def test_decide_artifact_round_trip(tmp_path):
@@ -558,8 +566,18 @@ def test_decide_artifact_round_trip(tmp_path):
     assert len(verdicts.comparisons(first)) == 3 * 6 + 4 * 6 + 4 * 2
 
 
+def test_a_mixed_or_unfinished_artifact_is_never_judged(tmp_path):
+    write_fake_vir_t1(tmp_path)
+    (tmp_path / "VIR-T1.samples.csv").write_text("natural,defense,seed,index\nTrue,vir_at,0,1\n")  # a later run, killed
+    out = verdicts.decide_artifact(tmp_path, "VIR-T1")
+    assert [v.outcome for v in out] == ["not run"] * 3 and all("does not match" in v.why for v in out)
+    (tmp_path / "VIR-T1.manifest.json").unlink()
+    assert all("did not finish" in v.why for v in verdicts.decide_artifact(tmp_path, "VIR-T1"))
+
+
 def test_decide_artifact_not_run_status(tmp_path):
     (tmp_path / "VIR-T1.json").write_text(json.dumps({"status": "not run", "reason": "needs 7 trained defenses"}))
+    seal(tmp_path, "VIR-T1", {"data": "VIR-T1.json"})
     out = verdicts.decide_artifact(tmp_path, "VIR-T1")
     assert [v.outcome for v in out] == ["not run"] * 3 and all(v.why == "needs 7 trained defenses" for v in out)
     assert set(verdicts.claims_table(tmp_path)["verdict"]) == {"not run"}

@@ -63,16 +63,15 @@ def load_claims(artifact_id: str | None = None) -> list[dict]:
     return out
 
 
-def artifact_tables(folder: Path, artifact_id: str) -> dict[str, pd.DataFrame]:
-    """The CSV tables of an artifact: ``data`` (``<ID>.csv``), ``samples`` and every ``<ID>.<name>.csv``."""
-    folder = Path(folder)
-    tables = {}
-    main = folder / f"{artifact_id}.csv"
-    if main.exists():
-        tables["data"] = pd.read_csv(main)
-    for path in sorted(folder.glob(f"{artifact_id}.*.csv")):
-        tables[path.name[len(artifact_id) + 1:-len(".csv")]] = pd.read_csv(path)
-    return tables
+def artifact_tables(folder: Path, artifact_id: str) -> tuple[dict[str, pd.DataFrame], dict, dict]:
+    """An artifact's CSV tables by kind (``data``, ``samples``, every named table), its provenance
+    and its JSON data, read through :func:`report.read_artifact`, so a set that a killed run left
+    mixed or unfinished is refused (:class:`report.IncompleteArtifact`), never judged."""
+    paths = report.read_artifact(folder, artifact_id)
+    tables = {kind: pd.read_csv(path) for kind, path in paths.items() if path.suffix == ".csv"}
+    provenance = json.loads(paths["provenance"].read_text()) if "provenance" in paths else {}
+    data = json.loads(paths["data"].read_text()) if paths.get("data", Path()).suffix == ".json" else {}
+    return tables, provenance, data
 
 
 def context(provenance: dict, tables: dict[str, pd.DataFrame]) -> engine.Context:
@@ -94,22 +93,19 @@ def context(provenance: dict, tables: dict[str, pd.DataFrame]) -> engine.Context
 
 
 def decide_artifact(folder: Path, artifact_id: str, *, write: bool = True) -> list[engine.Verdict]:
-    """Decide every claim of ``artifact_id`` from its files in ``folder``; write ``<ID>.claims.json``."""
+    """Decide every claim of ``artifact_id`` from its files in ``folder``; write ``<ID>.claims.json``.
+    An artifact whose set is missing, unfinished or mixed gives "not run" with the reason."""
     folder = Path(folder)
-    prov_path = folder / f"{artifact_id}.provenance.json"
-    provenance = json.loads(prov_path.read_text()) if prov_path.exists() else {}
-    tables = artifact_tables(folder, artifact_id)
-    ctx = context(provenance, tables)
-    status = None
-    if (folder / f"{artifact_id}.json").exists():
-        status = json.loads((folder / f"{artifact_id}.json").read_text()).get("status")
-    verdicts = []
-    for claim in load_claims(artifact_id):
-        if status and str(status).startswith("not run"):
-            reason = json.loads((folder / f"{artifact_id}.json").read_text()).get("reason", status)
-            verdicts.append(engine.not_run(claim, ctx, str(reason)))
-        else:
-            verdicts.append(engine.decide(claim, tables, ctx))
+    try:
+        tables, provenance, data = artifact_tables(folder, artifact_id)
+    except report.IncompleteArtifact as exc:
+        ctx = engine.Context(profile=folder.name, dataset="—", seeds=())
+        verdicts = [engine.not_run(c, ctx, str(exc)) for c in load_claims(artifact_id)]
+    else:
+        ctx = context(provenance, tables)
+        status = str(data.get("status", "")) if isinstance(data, dict) else ""
+        verdicts = [engine.not_run(c, ctx, str(data.get("reason", status))) if status.startswith("not run")
+                    else engine.decide(c, tables, ctx) for c in load_claims(artifact_id)]
     if write:
         cache.write_json(folder / f"{artifact_id}.claims.json", [v.to_dict() for v in verdicts])
     return verdicts
@@ -188,7 +184,7 @@ def decide_all(folder: Path) -> list[engine.Verdict]:
     folder = Path(folder)
     out = []
     for artifact in dict.fromkeys(c["artifact"] for c in load_claims()):
-        if (folder / f"{artifact}.provenance.json").exists():
+        if (folder / f"{artifact}.manifest.json").exists() or (folder / f"{artifact}.provenance.json").exists():
             out += decide_artifact(folder, artifact)
         else:
             ctx = engine.Context(profile=folder.name, dataset="—", seeds=())
