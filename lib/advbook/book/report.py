@@ -129,11 +129,41 @@ def compare(run: Run, rows: list[tuple[str, object, object]], *, paper_label: st
                                        f"reproduced ({run.profile} profile, {dataset})"])
 
 
-def show_image(path: str | Path):
-    """Display a PNG in a notebook as an image output (rendered by the book as ``<img>``)."""
-    from IPython.display import Image, display
+def show_image(path: str | Path, *, alt: str | None = None):
+    """Display a PNG in a notebook as an image output, rendered by the book as an ``<img>`` with
+    ``alt`` text, at its size in print (inches x 96 px, about the column's width for the book's
+    figures) and linked to the full-size image, so that a click opens it.
 
-    display(Image(filename=str(path)))
+    ``alt`` says what the figure shows; by default it is built from the artifact ID (the file
+    name), what the paper's figure is and what the book's figure draws (``plots.FIGURES``)."""
+    import base64
+
+    from IPython.display import display
+    from PIL import Image
+
+    path = Path(path)
+    raw = path.read_bytes()
+    with Image.open(path) as im:
+        width = im.size[0]
+        dpi = float((im.info.get("dpi") or (96, 96))[0]) or 96.0
+    alt = alt if alt is not None else _default_alt(path.stem)
+    # The alt text rides in the output's metadata: book/_ext/advbook_html.py puts it on the <img>;
+    # a width makes Sphinx link the image to its full-size file (html_scaled_image_link).
+    display({"image/png": base64.b64encode(raw).decode("ascii"), "text/plain": alt}, raw=True,
+            metadata={"image/png": {"alt": alt, "width": round(width * 96 / dpi)}})
+
+
+def _default_alt(artifact_id: str) -> str:
+    """Alt text for a figure from its ID: what the book's figure draws and the paper's figure it stands for."""
+    from advbook.book.plots import FIGURES
+
+    what = FIGURES.get(artifact_id, "")
+    try:
+        cite = paper_result(artifact_id)["cite"] if ARTIFACT_ID.match(artifact_id) else ""
+    except KeyError:
+        cite = ""
+    parts = [p for p in (what, f"after {cite}" if cite else "") if p]
+    return f"{artifact_id}: " + "; ".join(parts) if parts else f"figure {artifact_id}"
 
 
 def _paper_frame(artifact_id: str, row: str) -> pd.DataFrame:
@@ -142,12 +172,48 @@ def _paper_frame(artifact_id: str, row: str) -> pd.DataFrame:
     return pd.DataFrame(paper["rows"], columns=paper["columns"]).rename(columns={paper["columns"][0]: row})
 
 
+class CaptionedFrame(pd.DataFrame):
+    """A table with a caption: shown above it (an HTML ``<caption>``) in notebooks and in the book.
+    Columns that are (side, evaluation) pairs are shown grouped by evaluation, "paper | ours" below."""
+
+    _metadata = ["caption"]
+
+    @property
+    def _constructor(self):
+        return CaptionedFrame
+
+    def _shown(self) -> pd.DataFrame:
+        frame = pd.DataFrame(self)
+        if frame.columns.nlevels == 2 and set(frame.columns.get_level_values(0)) <= {"paper", "ours"}:
+            frame = frame.swaplevel(axis=1)
+        return frame
+
+    def _repr_html_(self) -> str | None:
+        from html import escape
+
+        html = self._shown()._repr_html_()
+        caption = getattr(self, "caption", None)
+        if html is None or not caption:
+            return html
+        html = html.replace('class="dataframe"', 'class="dataframe advbook-captioned"', 1)
+        return re.sub(r"(<table[^>]*>)", lambda m: f'{m.group(1)}\n  <caption>{escape(caption)}</caption>', html, count=1)
+
+    def __repr__(self) -> str:
+        caption = getattr(self, "caption", None)
+        return (f"{caption}\n" if caption else "") + repr(self._shown())
+
+
 def paper_beside_ours(results: pd.DataFrame, artifact_id: str, *, row: str, label: str,
                       evaluations: list[str], rows: list[str] | None = None) -> pd.DataFrame:
     """The paper's table (``mean ± std``) beside ours (mean, ± std when there are several seeds):
-    one row per ``row`` value, a (paper, ours) column pair per evaluation; cells of ours that the
-    profile did not run read "not run", and evaluations the paper lacks read "—". ``results`` has
-    columns ``row``, evaluation, accuracy and seed."""
+    one row per ``row`` value, a ("paper", evaluation) and ("ours", evaluation) column per
+    evaluation; cells of ours that the profile did not run read "not run", and evaluations the
+    paper lacks read "—". ``results`` has columns ``row``, evaluation, accuracy and seed.
+
+    The headers stay short; ``label`` (what "ours" is: profile, dataset, model, seeds) and the
+    paper's source are said once, in the table's caption (a ``CaptionedFrame``)."""
+    caption = _beside_caption(artifact_id, label)
+    label = "ours"
     pt = _paper_frame(artifact_id, row)
     out: dict = {}
     for _, r in pt.iterrows():
@@ -166,7 +232,16 @@ def paper_beside_ours(results: pd.DataFrame, artifact_id: str, *, row: str, labe
     frame = frame.astype(object)        # all-missing columns are float; the fill below is text
     for col in frame.columns:
         frame[col] = frame[col].fillna("—" if col[0] == "paper" else "not run")
+    frame = CaptionedFrame(frame)
+    frame.caption = caption
     return frame
+
+
+def _beside_caption(artifact_id: str, label: str) -> str:
+    """The caption of ``paper_beside_ours``: the paper's source, then what "ours" is."""
+    inner = re.fullmatch(r"ours \((.*)\)(.*)", label.strip(), flags=re.S)
+    ours = f"{inner.group(1)}{inner.group(2)}" if inner else label
+    return f"paper: {paper_result(artifact_id)['cite']}. ours: {ours}."
 
 
 def best_rows(results: pd.DataFrame, artifact_id: str, *, row: str) -> pd.DataFrame:
