@@ -174,3 +174,174 @@ def test_dataset_sizes_cover_every_dataset_and_match_the_synthetic_one():
     classes, train, test, n_test = schemas.DATASET_SIZES["synthetic"]
     assert len(synth.classes) == classes and len(synth.test) == n_test
     assert torch.bincount(synth.train.labels).min() == train and torch.bincount(synth.test.labels).min() == test
+
+
+def test_help_imports_no_torch():
+    code = ("import sys\nfrom advbook.book import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "usage: advbook" in out.stdout and out.stderr.strip().endswith("False"), out.stderr
+
+
+@pytest.fixture
+def no_notebook(monkeypatch, tmp_path):
+    """Any attempt to execute a notebook fails the test: the CLI must stop before."""
+    import papermill
+
+    monkeypatch.setenv("ADVBOOK_EXECUTED", str(tmp_path / "executed"))
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("a notebook was executed"))
+    return tmp_path / "executed"
+
+
+def test_cli_run_stops_on_cuda_without_a_gpu_before_the_notebook(monkeypatch, capsys, no_notebook):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["run", "hol_ddb", "--profile", "smoke", "--set", "device=cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err == "advbook: error: device=cuda but no CUDA device is visible; use device=auto or cpu\n"
+
+
+@pytest.mark.parametrize("setting", ["nowhere", "empty", "text.tar.gz"])
+def test_cli_run_stops_on_a_bad_data_setting_before_the_notebook(monkeypatch, capsys, tmp_path, no_notebook, setting):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "text.tar.gz").write_text("not an archive")
+    monkeypatch.setenv("ADVBOOK_DATA", str(tmp_path / setting))
+    assert cli.main(["run", "hol_ddb", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"advbook: error: ADVBOOK_DATA={tmp_path / setting} ") and err.count("\n") == 1
+    assert "cifar-10-batches-py" in err and not no_notebook.exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_code_130(monkeypatch, capsys, tmp_path):
+    import papermill
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("ADVBOOK_EXECUTED", str(tmp_path / "executed"))
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    assert cli.main(["run", "hol_toy", "--profile", "smoke"]) == 130
+    assert capsys.readouterr().err.splitlines()[-1:] == ["advbook: interrupted; rerun resumes from the cache"]
+    assert capsys.readouterr().err.count("Traceback") == 0
+
+
+def executed_like(tmp_path):
+    """A notebook as papermill leaves it: the source parameters cell, then the injected one."""
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('profile = "cpu"\nparams = {}')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# A page"), params,
+                nbformat.v4.new_code_cell("P = {'profile': profile, **params}\nP")]
+    nbformat.write(nb, tmp_path / "page.ipynb")
+    return parameterize_notebook(load_notebook_node(str(tmp_path / "page.ipynb")),
+                                 {"profile": "smoke", "params": {"eps": 0.1}})
+
+
+def test_executed_pages_show_only_the_resolved_parameters(tmp_path):
+    nb = cli.tag_parameter_cells(executed_like(tmp_path))
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    assert tags[1] == ["parameters", "remove-cell"] and tags[2] == ["injected-parameters", "remove-cell"]
+    assert tags[0] == [] and tags[3] == []  # the markdown and the cell that shows the resolved values stay
+
+
+def test_the_notebooks_show_the_resolved_parameters_right_after_the_parameters_cell():
+    import json
+
+    for name, entry in experiment.load_profiles().items():
+        if not experiment.SCHEMAS[name]:  # pages built from the others' artifacts: no parameters to show
+            continue
+        cells = json.loads((experiment.repo_root() / entry["notebook"]).read_text())["cells"]
+        at = next(i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", []))
+        shows = "".join(cells[at + 1]["source"])
+        assert "experiment.start(" in shows and shows.rstrip().splitlines()[-1].startswith(
+            ("report.params_table(P)", "pd.DataFrame({\"value\"")), name
+
+
+def write_notebook(path, *cells):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('profile = "cpu"\nparams = {}')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# A page"), params] + [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def toy_section(monkeypatch, tmp_path):
+    """``advbook run hol_toy`` executes a notebook of the test's choosing."""
+    profiles = experiment.load_profiles()
+
+    def use(notebook):
+        monkeypatch.setattr(cli, "load_profiles", lambda: {**profiles, "hol_toy": {**profiles["hol_toy"],
+                                                                                     "notebook": str(notebook)}})
+    monkeypatch.setenv("ADVBOOK_EXECUTED", str(tmp_path / "executed"))
+    return use
+
+
+def test_a_failing_notebook_gives_one_line_and_a_log_with_the_full_trace(toy_section, tmp_path, capfd):
+    toy_section(write_notebook(
+        tmp_path / "page.ipynb",
+        'print("resolved", profile)',
+        'import warnings\nclass RebuildWarning(UserWarning):\n    pass\n'
+        'warnings.warn("model x is unusable (checksum mismatch); retraining", RebuildWarning)',
+        'from tqdm import tqdm\nfor i in tqdm(range(3), desc="train tiny"):\n    pass',
+        'def deep():\n    raise ValueError("boom:\\n  bad thing")\ndeep()'))
+    assert cli.main(["run", "hol_toy", "--profile", "smoke"]) == 1
+    out, err = capfd.readouterr()
+    executed = tmp_path / "executed"
+    log = executed / "page.log"
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert errors == [f"advbook: error: hol_toy failed in cell 6 (def deep():): ValueError: boom: bad thing "
+                      f"(full trace: {log}; notebook: {executed / 'page.failed.ipynb'})"], err
+    assert "Traceback" not in err and "TCP without encryption" not in err and "resolved smoke" not in err
+    assert "advbook: hol_toy [3/6] print(\"resolved\", profile)" in err  # a line per code cell, first words
+    assert "advbook: hol_toy: RebuildWarning: model x is unusable (checksum mismatch); retraining" in err
+    assert "train tiny: 100%" in err and "\r" not in err  # the bar's last state (not a terminal)
+    trace = log.read_text()
+    assert "resolved smoke" in trace and "deep()" in trace and "ValueError" in trace and "\x1b[" not in trace
+    assert (executed / "page.failed.ipynb").exists() and not (executed / "page.ipynb").exists()
+
+
+def test_a_finished_notebook_is_tagged_and_replaces_the_page(toy_section, tmp_path, capfd):
+    import json
+
+    toy_section(write_notebook(tmp_path / "page.ipynb", 'P = {"profile": profile}\nP'))
+    assert cli.main(["run", "hol_toy", "--profile", "smoke"]) == 0
+    out, err = capfd.readouterr()
+    page = tmp_path / "executed" / "page.ipynb"
+    assert f"-> {page}" in out and "TCP without encryption" not in err
+    cells = json.loads(page.read_text())["cells"]
+    assert ["parameters", "remove-cell"] in [c["metadata"].get("tags") for c in cells]
+    assert ["injected-parameters", "remove-cell"] in [c["metadata"].get("tags") for c in cells]
+    assert "'smoke'" in json.dumps(cells[-1]["outputs"])
+
+
+def test_progress_bars_are_live_on_a_terminal_and_warnings_one_line():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term, log = Terminal(), io.StringIO()
+    console = cli._Console("hol_ddb", log, stream=term)
+    console.stderr.write("\rtrain tiny_cnn:   0%|")
+    console.stderr.write("\rtrain tiny_cnn:  50%|")
+    assert term.getvalue().endswith("\rtrain tiny_cnn:  50%|\x1b[K")  # redrawn in place
+    console.stderr.write("\rtrain tiny_cnn: 100%|\n")
+    assert term.getvalue().endswith("\r\x1b[Ktrain tiny_cnn: 100%|\n")
+    console.stderr.write("/lib/advbook/training/train.py:134: RebuildWarning: model m is unusable (checksum "
+                         "mismatch); retraining\n  warnings.warn(f\"{what} is unusable\", cache.RebuildWarning)\n")
+    assert term.getvalue().endswith(
+        "\r\x1b[Kadvbook: hol_ddb: RebuildWarning: model m is unusable (checksum mismatch); retraining\n")
+    assert "warnings.warn" not in term.getvalue() and "warnings.warn" in log.getvalue()
+    verbose = Terminal()
+    cli._Console("hol_ddb", io.StringIO(), verbose=True, stream=verbose).stdout.write("printed\n")
+    assert verbose.getvalue() == "printed\n"

@@ -22,7 +22,7 @@ from advbook.book.schemas import PROFILES, SCHEMAS, Param, ParameterError, cross
 from advbook.core.paths import repo_root
 from advbook.core.seeding import DeviceUnavailable, pick_device, seed_everything
 
-__all__ = ["Param", "SCHEMAS", "PROFILES", "load_profiles", "resolve", "parse_value", "start", "Run",
+__all__ = ["Param", "SCHEMAS", "PROFILES", "load_profiles", "resolve", "preflight", "parse_value", "start", "Run",
            "pick_device", "seed_everything", "repo_root", "ParameterError"]
 
 def resolve(experiment: str, *, profile: str, overrides: dict | None = None) -> dict:
@@ -108,6 +108,31 @@ class Run:
                 "seeds": {"seed": self.seed}, "device": device, "versions": _versions(),
                 "git": _git_commit(), "wall_seconds": round(time.perf_counter() - self.started, 2),
                 "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+# Sections without a ``dataset`` parameter that read CIFAR-10 through another section's parameters.
+_DATASET_OF = {"vir_ablation": "vir_main", "vir_scale": "vir_main"}
+
+
+def preflight(experiment: str, *, profile: str, params: dict) -> None:
+    """What a run would otherwise find out minutes in, checked before it starts: the device is
+    visible, and the CIFAR-10 data setting (``$ADVBOOK_DATA``) exists with an accepted layout
+    (:func:`advbook.data.cifar.check_source`; a download is not tried here). Raises a one-line
+    :class:`ParameterError`."""
+    try:
+        pick_device(params.get("device", "auto"))
+    except DeviceUnavailable as exc:
+        raise ParameterError(str(exc)) from None
+    dataset = params.get("dataset")
+    if dataset is None and experiment in _DATASET_OF:
+        dataset = resolve(_DATASET_OF[experiment], profile=profile)["dataset"]
+    if dataset == "cifar10":
+        from advbook.data.cifar import DatasetUnavailable, check_source
+
+        try:
+            check_source()
+        except DatasetUnavailable as exc:
+            raise ParameterError(str(exc)) from None
 
 
 def start(experiment: str, *, profile: str, overrides: dict | None = None) -> Run:
