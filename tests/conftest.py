@@ -1,13 +1,18 @@
-"""Shared fixtures: an isolated cache per session, a synthetic dataset and a tiny trained model."""
+"""Shared fixtures: an isolated cache per session, a synthetic dataset and a tiny trained model,
+and the smoke build of the book that tests/test_book.py and tests/test_browser.py both read."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+MATHJAX = REPO / "book" / "_static" / "mathjax" / "tex-mml-chtml.js"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -77,3 +82,27 @@ class Affine(torch.nn.Module):
 @pytest.fixture
 def affine():
     return Affine
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory):
+    """Execute every notebook (smoke) into a copy of the book sources and build that copy (once per
+    session, shared by every module that asks for it)."""
+    if not MATHJAX.exists():    # `make test` copies it first; a bare pytest run does it here
+        made = subprocess.run(["make", "mathjax", f"PYTHON={sys.executable}"], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+        assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    root = tmp_path_factory.mktemp("book")
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("executed", "_build"))
+    env = {**os.environ, "ADVBOOK_EXECUTED": str(root / "book" / "executed"),
+           "ADVBOOK_ARTIFACTS": str(root / "artifacts")}
+    run = subprocess.run([sys.executable, "-m", "advbook", "run", "all", "--profile", "smoke", "--log"],
+                         env=env, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    jb = Path(sys.executable).with_name("jupyter-book")
+    build = subprocess.run([str(jb), "build", str(root), "-W", "-n", "--keep-going"],
+                           capture_output=True, text=True, timeout=1200)
+    assert build.returncode == 0, build.stdout[-6000:] + build.stderr[-3000:]
+    return root

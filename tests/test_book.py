@@ -1,13 +1,10 @@
 """End to end: every notebook runs in the smoke profile, the book builds with -W, and every
-artifact a notebook writes has its files and appears in the HTML as an image or table."""
+artifact a notebook writes has its files and appears in the HTML as an image or table.
+The build is the ``built_book`` fixture of tests/conftest.py, shared with tests/test_browser.py."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,25 +17,6 @@ WRITES = re.compile(r"write_artifact\(\s*run,\s*\"([A-Z]{3}-[FT]\d+)\"")
 CATALOGUE = REPO.parent / "shared" / "ARTIFACTS.md"
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def built_book(tmp_path_factory):
-    """Execute every notebook (smoke) into a copy of the book sources and build that copy."""
-    root = tmp_path_factory.mktemp("book")
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("executed", "_build"))
-    env = {**os.environ, "ADVBOOK_EXECUTED": str(root / "book" / "executed"),
-           "ADVBOOK_ARTIFACTS": str(root / "artifacts")}
-    run = subprocess.run([sys.executable, "-m", "advbook", "run", "all", "--profile", "smoke", "--log"],
-                         env=env, capture_output=True, text=True, timeout=1200)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    jb = Path(sys.executable).with_name("jupyter-book")
-    build = subprocess.run([str(jb), "build", str(root), "-W", "-n", "--keep-going"],
-                           capture_output=True, text=True, timeout=1200)
-    assert build.returncode == 0, build.stdout[-6000:] + build.stderr[-3000:]
-    return root
 
 
 def notebooks():
@@ -125,3 +103,74 @@ def test_bibliography_lists_the_five_sources(built_book):
     for words in ("holistic approach", "vulnerability-aware instance reweighting", "robust representation matching",
                   "agkd-bml", "adversarial robustness (lecture 76"):
         assert words in html, words
+
+
+def _title(nb_path: Path) -> str:
+    """A notebook's first level-1 heading."""
+    for cell in json.loads(nb_path.read_text())["cells"]:
+        if cell["cell_type"] == "markdown":
+            for line in "".join(cell["source"]).splitlines():
+                if line.startswith("# "):
+                    return line[2:]
+    return ""
+
+
+def test_the_sidebar_lists_each_papers_sections_in_order():
+    """Within each part of _toc.yml, pages titled "<PAPER> §n.m" come in the order of their sections."""
+    import yaml
+
+    for part in yaml.safe_load((REPO / "_toc.yml").read_text())["parts"]:
+        numbered = []
+        for chapter in part["chapters"]:
+            nb_path = REPO / "notebooks" / f"{Path(chapter['file']).name}.ipynb"
+            found = re.match(r"([A-Z]{3}) §(\d+(?:\.\d+)*)", _title(nb_path)) if nb_path.exists() else None
+            if found:
+                numbered.append((found.group(1), tuple(int(n) for n in found.group(2).split(".")), chapter["file"]))
+        for paper in {p for p, _, _ in numbered}:
+            sections = [(s, f) for p, s, f in numbered if p == paper]
+            assert sections == sorted(sections), f"{part['caption']}: {[f for _, f in sections]} is not in section order"
+
+
+def test_bibliography_labels_are_author_year_like_the_citations(built_book):
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup((built_book / "_build" / "html" / "book" / "bibliography.html").read_text(), "html.parser")
+    labels = [label.get_text() for label in soup.select(".citation .label")]
+    assert labels, "no bibliography entries"
+    bad = [label for label in labels if not re.fullmatch(r"\[[^\]]+, \d{4}[a-z]?\]", label)]
+    assert not bad, f"labels that are not author, year: {bad}"
+    assert "[Nayak et al., 2022]" in labels and "[Fakorede et al., 2023]" in labels
+    intro = (built_book / "_build" / "html" / "book" / "intro.html").read_text()
+    assert re.search(r"Nayak\s+<em>et al\.</em>\s+\[<a[^>]*>2022</a>\]", intro), "the text no longer cites Nayak et al. [2022]"
+
+
+def test_figures_say_what_they_show_and_open_at_full_size(built_book):
+    from bs4 import BeautifulSoup
+
+    figures = 0
+    for nb_path in notebooks():
+        soup = BeautifulSoup((built_book / "_build" / "html" / "book" / "executed" / f"{nb_path.stem}.html").read_text(),
+                             "html.parser")
+        for img in soup.select(".cell_output img"):
+            figures += 1
+            assert img.get("alt") and ".png" not in img["alt"], f"{nb_path.stem}: alt {img.get('alt')!r}"
+            link = img.find_parent("a")
+            assert link is not None and link["href"] == img["src"], f"{nb_path.stem}: {img['src']} opens nothing"
+    assert figures >= 1
+
+
+def test_paper_beside_ours_tables_keep_their_headers_short(built_book):
+    """What "ours" is (profile, dataset, model, seeds) is said once, in the caption, not in every header."""
+    from bs4 import BeautifulSoup
+
+    tables = 0
+    for nb_path in notebooks():
+        soup = BeautifulSoup((built_book / "_build" / "html" / "book" / "executed" / f"{nb_path.stem}.html").read_text(),
+                             "html.parser")
+        for table in soup.select("table.advbook-captioned"):
+            tables += 1
+            caption = table.find("caption")
+            assert caption is not None and "paper:" in caption.get_text() and "ours:" in caption.get_text()
+            long_headers = [th.get_text() for th in table.select("thead th") if len(th.get_text()) > 24]
+            assert not long_headers, f"{nb_path.stem}: long headers {long_headers}"
+    assert tables >= 1
