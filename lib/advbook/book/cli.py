@@ -254,6 +254,9 @@ def execute(experiment: str, *, profile: str, overrides: dict, log_output: bool 
     """Execute one experiment's notebook with papermill; return the executed copy's path."""
     resolve(experiment, profile=profile, overrides=overrides)  # fail before any work
     source = repo_root() / load_profiles()[experiment]["notebook"]
+    if executed_dir().is_dir():   # the .partial.ipynb and temp files a killed run left behind
+        from advbook.core.cache import sweep_orphans
+        sweep_orphans(executed_dir())
     t0 = time.perf_counter()
     target = run_notebook(source, label=experiment, parameters={"profile": profile, "params": overrides},
                           verbose=log_output)
