@@ -1,10 +1,14 @@
 """The evaluation suite: per-sample robust flags, their bounds, resume, and reference attacks."""
 from __future__ import annotations
 
+import inspect
+from types import SimpleNamespace
+
+import pandas as pd
 import pytest
 import torch
 
-from advbook.evaluation import evaluate
+from advbook.evaluation import compare, evaluate
 
 EPS = 8 / 255
 
@@ -68,3 +72,134 @@ def test_unknown_evaluation_names_the_valid_ones(tiny_model, test_batch):
         evaluate.evaluate(tiny_model, x, y, attacks={"bogus": {}})
     with pytest.raises(ValueError, match="^unknown MDE part\\(s\\) apgd-t; valid: apgd-ce, md, mdmt, fab-t$"):
         evaluate.evaluate(tiny_model, x, y, attacks={"mde": dict(eps=EPS, parts=["md", "apgd-t"])})
+
+
+# --- resume files are keyed by code version -------------------------------------------------------
+
+def test_bumping_an_evaluations_code_version_reruns_it_and_only_it(tiny_model, test_batch, tmp_path, monkeypatch):
+    x, _, y = test_batch
+    attacks = {"fgsm": dict(eps=EPS), "pgd:5": dict(eps=EPS, step_size=2 / 255, steps=5)}
+    first = evaluate.evaluate(tiny_model, x, y, attacks=attacks, resume_dir=tmp_path)
+    monkeypatch.setitem(evaluate.EVAL_CODE_VERSION, "pgd", evaluate.EVAL_CODE_VERSION["pgd"] + 1)
+    fixed = evaluate.evaluate(tiny_model, x, y, attacks=attacks, resume_dir=tmp_path)
+    assert fixed.seconds["fgsm"] == 0.0 and fixed.seconds["pgd:5"] > 0    # pgd re-run, fgsm read back
+    assert fixed.code["pgd:5"] != first.code["pgd:5"] and fixed.code["fgsm"] == first.code["fgsm"]
+    assert fixed.robust.equals(first.robust)
+    again = evaluate.evaluate(tiny_model, x, y, attacks=attacks, resume_dir=tmp_path)
+    assert again.seconds == {"fgsm": 0.0, "pgd:5": 0.0}                   # the new version's file is kept
+
+
+def test_code_version_follows_what_an_evaluation_calls(monkeypatch):
+    import foolbox
+
+    before = evaluate.code_version("mde")
+    monkeypatch.setitem(evaluate.EVAL_CODE_VERSION, "autoattack", evaluate.EVAL_CODE_VERSION["autoattack"] + 1)
+    assert evaluate.code_version("mde") != before            # MDE runs AutoAttack's code for APGD-CE, FAB-T
+    assert evaluate.code_version("fmn")["libraries"] == {"foolbox": foolbox.__version__}
+    assert set(evaluate.EVAL_CODE_VERSION) == set(evaluate.EVALUATIONS)
+
+
+# --- the name of what ran ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, settings, expected", [
+    ("autoattack", dict(eps=EPS), "AutoAttack"),
+    ("autoattack", dict(eps=EPS, version="standard", parts=["apgd-ce", "apgd-t", "fab-t", "square"]), "AutoAttack"),
+    ("autoattack", dict(eps=EPS, version="custom", parts=["apgd-ce", "apgd-t", "fab-t", "square"]), "AutoAttack"),
+    ("autoattack", dict(eps=EPS, version="custom", parts=["apgd-ce"]), "APGD-CE"),
+    ("autoattack", dict(eps=EPS, version="custom", parts=["apgd-ce", "apgd-dlr"]), "APGD-CE + APGD-DLR"),
+    ("mde", dict(eps=EPS), "MDE"),
+    ("mde", dict(eps=EPS, parts=["apgd-ce", "md", "mdmt", "fab-t"]), "MDE"),
+    ("mde", dict(eps=EPS, parts=["md", "mdmt"]), "MD + MD-MT"),
+    ("mde", dict(eps=EPS, parts=["md"]), "MD"),
+    ("fgsm", dict(eps=EPS), "FGSM"),
+    ("pgd:20", dict(eps=EPS, step_size=1 / 255, steps=20), "PGD-20"),
+    ("square", dict(eps=EPS, n_queries=5000), "Square-5000"),
+])
+def test_display_name_says_what_ran(name, settings, expected):
+    assert evaluate.display_name(name, settings) == expected
+
+
+def test_the_profiles_evaluations_are_named_by_what_they_run():
+    from advbook.book import experiment
+
+    names = lambda profile: {k: evaluate.display_name(k, s)  # noqa: E731
+                             for k, s in compare.attack_suite(experiment.resolve("vir_main", profile=profile)).items()}
+    assert (names("paper")["autoattack"], names("paper")["mde"]) == ("AutoAttack", "MDE")
+    cpu = names("cpu")
+    assert cpu["autoattack"] == "APGD-CE" and cpu["mde"] == "MD + MD-MT"
+
+
+def test_results_carry_what_ran(tiny_model, test_batch):
+    x, _, y = test_batch
+    attacks = {"fgsm": dict(eps=EPS), "mde": dict(eps=EPS, parts=["md"], steps=4, change_point=2)}
+    model = SimpleNamespace(model=tiny_model, key="tiny-ran-test")
+    rows, _, seconds = compare.evaluate_models({"tiny": model}, x=x, y=y, index=torch.arange(len(x)),
+                                               attacks=attacks, batch_size=32)
+    ran = dict(zip(rows.evaluation, rows.ran))
+    assert ran == {"natural": "natural", "fgsm": "FGSM", "mde": "MD", "worst": "worst of FGSM, MD"}
+    assert dict(zip(seconds.evaluation, seconds.ran)) == {"fgsm": "FGSM", "mde": "MD"}
+
+
+# --- settings are checked before any work --------------------------------------------------------
+
+class Untouchable(torch.nn.Module):
+    def forward(self, x):
+        raise AssertionError("the model was called before the settings were checked")
+
+
+@pytest.mark.parametrize("kind", list(evaluate.EVALUATIONS))
+def test_a_misspelled_setting_is_an_error_naming_the_valid_ones(kind):
+    valid, required = evaluate.valid_settings(kind)
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD
+                   for p in inspect.signature(evaluate.EVALUATIONS[kind]).parameters.values())
+    settings = {**{k: 1 for k in required}, "epsilon": 0.1}
+    x, y = torch.rand(2, 3, 4, 4), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match=f"^{kind}:2: unknown setting\\(s\\) epsilon; valid: {', '.join(valid)}$"):
+        evaluate.evaluate(Untouchable(), x, y, attacks={f"{kind}:2": settings})
+    if required[1:]:
+        with pytest.raises(ValueError, match=f"^{kind}: missing setting\\(s\\) {', '.join(required[1:])}; valid: "):
+            evaluate.evaluate(Untouchable(), x, y, attacks={kind: {required[0]: 1}})
+
+
+def test_the_registry_settings_are_the_signatures_less_what_evaluate_supplies():
+    assert evaluate.valid_settings("pgd") == (["eps", "step_size", "steps", "seed"], ["eps", "step_size", "steps"])
+    assert evaluate.valid_settings("autoattack")[0] == ["eps", "version", "parts", "seed"]  # no batch_size, state_path
+    assert "batch_size" not in evaluate.valid_settings("mde")[0]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(eps=EPS, version="rand"), "autoattack: version must be standard or custom, got 'rand'"),
+    (dict(eps=EPS, version="custom"), "autoattack: version='custom' needs parts"),
+    (dict(eps=EPS, version="custom", parts=["apgd-x"]), r"autoattack: unknown AutoAttack part\(s\) apgd-x; valid: "),
+    (dict(eps=EPS, version="standard", parts=["apgd-ce"]), "autoattack: parts apgd-ce would be ignored"),
+])
+def test_autoattack_settings_that_would_not_run_as_written_are_errors(settings, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate.evaluate(Untouchable(), torch.rand(2, 3, 4, 4), torch.zeros(2, dtype=torch.long),
+                          attacks={"autoattack": settings})
+
+
+def test_pgd_predictions_and_the_pgd_evaluation_give_the_same_flags(tiny_model, test_batch):
+    """VIR-F1's confusion matrices (pgd_predictions) and VIR-T1's PGD column (evaluate) on the same
+    model, images and settings: one computation, so the same samples survive."""
+    x, _, y = test_batch
+    kw = dict(eps=EPS, step_size=2 / 255, steps=5, seed=3)
+    flags = evaluate.evaluate(tiny_model, x, y, attacks={"pgd": kw}, batch_size=16).robust["pgd"]
+    pred = evaluate.pgd_predictions(tiny_model, x, y, batch_size=16, **kw)
+    assert 0 < flags.sum() < flags.size and not flags.all()
+    assert torch.equal(pred == y, torch.tensor(flags.to_numpy()))
+    with torch.no_grad():
+        natural = tiny_model(x).argmax(1)
+    wrong = natural != y
+    assert wrong.any() and torch.equal(pred[wrong], natural[wrong])  # a wrong sample is not attacked
+
+
+def test_evaluate_gives_the_model_back_in_its_mode(tiny_model, test_batch):
+    x, _, y = test_batch
+    tiny_model.train()
+    try:
+        evaluate.evaluate(tiny_model, x[:8], y[:8], attacks={"fgsm": dict(eps=EPS)})
+        evaluate.pgd_predictions(tiny_model, x[:8], y[:8], eps=EPS, step_size=EPS, steps=1)
+        assert tiny_model.training
+    finally:
+        tiny_model.eval()

@@ -33,15 +33,19 @@ def evaluate_models(models: dict, *, x: torch.Tensor, y: torch.Tensor, index: to
     """Run :func:`advbook.evaluation.evaluate.evaluate` on every ``name -> TrainedModel`` of ``models`` with the
     same inputs (``index``: their positions in the test set). Flags are cached per model key and
     subset, so a model that another page already evaluated costs nothing. Returns (accuracy rows,
-    per-sample flags, seconds), each with a ``model`` column and the extra ``labels`` columns."""
+    per-sample flags, seconds), each with a ``model`` column and the extra ``labels`` columns; the
+    accuracy and seconds rows also carry ``ran``, the name of what actually ran
+    (:func:`advbook.evaluation.evaluate.display_name`: "APGD-CE" for a reduced AutoAttack)."""
     tag = cache.stable_hash(index.tolist())
     rows, flags, seconds = [], [], []
     for name, m in models.items():
         res = evaluate.evaluate(m.model, x, y, attacks=attacks, batch_size=batch_size,
                                 resume_dir=cache.cache_dir("evals") / m.key / tag)
-        rows += [{**labels, "model": name, "evaluation": e, "accuracy": a} for e, a in res.accuracy().items()]
+        rows += [{**labels, "model": name, "evaluation": e, "ran": res.ran[e], "accuracy": a}
+                 for e, a in res.accuracy().items()]
         flags.append(res.robust.assign(**labels, model=name, index=index.numpy(), label=y.cpu().numpy()))
-        seconds += [{**labels, "model": name, "evaluation": e, "seconds": s} for e, s in res.seconds.items()]
+        seconds += [{**labels, "model": name, "evaluation": e, "ran": res.ran[e], "seconds": s}
+                    for e, s in res.seconds.items()]
     return pd.DataFrame(rows), pd.concat(flags, ignore_index=True), pd.DataFrame(seconds)
 
 

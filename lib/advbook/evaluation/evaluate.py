@@ -17,13 +17,24 @@ already done; AutoAttack also keeps its own state file there, so it resumes betw
 * ``spsa``: gradient-free SPSA (:mod:`advbook.spsa`; black box);
 * ``mde``: the margin-decomposition ensemble (:mod:`advbook.mde`): APGD-CE, MD, MD-MT and FAB-T
   chained, each on the samples the previous parts left robust; ``parts`` picks a subset.
+
+Settings are checked before any work: a misspelled or missing setting is an error naming the
+evaluation and the valid settings (those of its function's signature, less the ``batch_size`` and
+``state_path`` that :func:`evaluate` supplies). A resume file is keyed by the settings *and* by the
+evaluation's code version (:data:`EVAL_CODE_VERSION`, with the versions of the evaluations and
+reference libraries it calls): bump an evaluation's number whenever a change to its code can change
+its flags, and its cached flags are recomputed while the others are still read back.
+:func:`display_name` names what actually ran ("APGD-CE" for AutoAttack reduced to that part).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.metadata
+import inspect
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 import torch
@@ -33,11 +44,13 @@ from advbook.core import cache
 from advbook.attacks.core import linf_start, margin, pgd, sign_ascent
 from advbook.attacks.mde import md_attack, md_targets
 from advbook.attacks.spsa import spsa_attack
+from advbook.training.objectives import in_eval_mode
 
-__all__ = ["EVALUATIONS", "evaluate", "cw_loss", "EvalResult", "pgd_predictions"]
+__all__ = ["EVALUATIONS", "EVAL_CODE_VERSION", "AA_PARTS", "AA_STANDARD", "MDE_PARTS", "evaluate", "cw_loss",
+           "EvalResult", "pgd_predictions", "display_name", "code_version", "valid_settings"]
 
 
-def _fgsm(model, x, y, *, eps: float, **_):
+def _fgsm(model, x, y, *, eps: float):
     x = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x)
     x_adv = (x + eps * grad.sign()).clamp(0, 1).detach()
@@ -45,10 +58,15 @@ def _fgsm(model, x, y, *, eps: float, **_):
         return model(x_adv).argmax(1) == y
 
 
-def _pgd(model, x, y, *, eps: float, step_size: float, steps: int, seed: int = 0, **_):
+def _pgd_predictions(model, x, y, *, eps: float, step_size: float, steps: int, seed: int = 0):
     res = pgd(model, x, y, norm="linf", eps=eps, step_size=step_size, steps=steps, random_start=True,
               stop_on_success=False, seed=seed)
-    return ~res.success
+    with torch.no_grad():
+        return model(res.x_adv).argmax(1)
+
+
+def _pgd(model, x, y, *, eps: float, step_size: float, steps: int, seed: int = 0):
+    return _pgd_predictions(model, x, y, eps=eps, step_size=step_size, steps=steps, seed=seed) == y
 
 
 def cw_loss(logits: torch.Tensor, y: torch.Tensor, *, kappa: float = 50.0) -> torch.Tensor:
@@ -56,7 +74,7 @@ def cw_loss(logits: torch.Tensor, y: torch.Tensor, *, kappa: float = 50.0) -> to
     return -(margin(logits, y) + kappa).clamp(min=0).sum()
 
 
-def _cw(model, x, y, *, eps: float, step_size: float, steps: int, kappa: float = 50.0, seed: int = 0, **_):
+def _cw(model, x, y, *, eps: float, step_size: float, steps: int, kappa: float = 50.0, seed: int = 0):
     g = torch.Generator(device=x.device).manual_seed(seed)
     start = linf_start(x, eps=eps, generator=g)
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
@@ -70,7 +88,7 @@ def _cw(model, x, y, *, eps: float, step_size: float, steps: int, kappa: float =
         return robust & (model(x_adv).argmax(1) == y)
 
 
-def _fmn(model, x, y, *, eps: float, steps: int, **_):
+def _fmn(model, x, y, *, eps: float, steps: int):
     import foolbox as fb
 
     fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
@@ -79,8 +97,12 @@ def _fmn(model, x, y, *, eps: float, steps: int, **_):
         return ~success & (model(clipped).argmax(1) == y)
 
 
-def _autoattack(model, x, y, *, eps: float, version: str = "standard", parts: list | None = None,
-                seed: int = 0, batch_size: int = 250, state_path: Path | None = None, **_):
+AA_PARTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")   # pyautoattack's attacks
+AA_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")                  # its standard version
+
+
+def _autoattack(model, x, y, *, eps: float, version: str = "standard", parts: list | tuple | None = None,
+                seed: int = 0, batch_size: int = 250, state_path: Path | None = None):
     from pyautoattack import AutoAttack
 
     adversary = AutoAttack(model, eps=eps, norm="Linf", seed=seed, device=x.device, version=version,
@@ -98,18 +120,23 @@ def _autoattack(model, x, y, *, eps: float, version: str = "standard", parts: li
         return model(x_adv.to(x.device)).argmax(1) == y
 
 
-def _square(model, x, y, *, eps: float, n_queries: int, seed: int = 0, **_):
+def _square_examples(model, x, y, *, eps: float, n_queries: int, seed: int = 0) -> torch.Tensor:
+    """pyautoattack's Square attack (L-inf, one restart, ``p_init`` 0.8 as in AutoAttack): its examples."""
     from pyautoattack.square import SquareAttack
 
     attack = SquareAttack(model, p_init=0.8, n_queries=n_queries, eps=eps, norm="Linf", n_restarts=1, seed=seed,
                           verbose=False, device=x.device, resc_schedule=False)
-    x_adv = attack.perturb(x, y)
+    return attack.perturb(x, y)
+
+
+def _square(model, x, y, *, eps: float, n_queries: int, seed: int = 0):
+    x_adv = _square_examples(model, x, y, eps=eps, n_queries=n_queries, seed=seed)
     with torch.no_grad():
         return model(x_adv).argmax(1) == y
 
 
 def _spsa(model, x, y, *, eps: float, steps: int, samples: int, delta: float = 0.001, lr: float = 0.01,
-          seed: int = 0, **_):
+          seed: int = 0):
     return spsa_attack(model, x, y, eps=eps, steps=steps, samples=samples, delta=delta, lr=lr, seed=seed)
 
 
@@ -117,7 +144,7 @@ MDE_PARTS = ("apgd-ce", "md", "mdmt", "fab-t")
 
 
 def _mde(model, x, y, *, eps: float, parts: list | tuple = MDE_PARTS, steps: int = 50, change_point: int = 20,
-         n_targets: int = 9, seed: int = 0, batch_size: int = 250, **_):
+         n_targets: int = 9, seed: int = 0, batch_size: int = 250):
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
     md = dict(eps=eps, steps=steps, change_point=change_point, seed=seed)
     for part in parts:
@@ -143,22 +170,104 @@ def _mde(model, x, y, *, eps: float, parts: list | tuple = MDE_PARTS, steps: int
 EVALUATIONS: dict[str, Callable] = {"fgsm": _fgsm, "pgd": _pgd, "cw": _cw, "fmn": _fmn,
                                     "autoattack": _autoattack, "square": _square, "spsa": _spsa, "mde": _mde}
 
+# The code version of each evaluation. Bump an entry whenever a change to the code behind it (the
+# function above, or the attack it calls in advbook.attacks) can change its flags: its resume
+# files then no longer match and are recomputed, while every other evaluation's are still read.
+EVAL_CODE_VERSION: dict[str, int] = {"fgsm": 1, "pgd": 1, "cw": 1, "fmn": 1, "autoattack": 1, "square": 1,
+                                     "spsa": 1, "mde": 1}
+SUITE_VERSION = 1   # what every evaluation shares: natural flags first, batching, seeds, file format
+_CALLS = {"mde": ("autoattack",)}   # evaluations that run another one's code
+_LIBRARIES = {"fmn": ("foolbox",), "autoattack": ("pyautoattack",), "square": ("pyautoattack",),
+              "mde": ("pyautoattack",)}
+_INJECTED = frozenset({"batch_size", "state_path"})   # supplied by evaluate(), not settings
+
+
+@functools.lru_cache(maxsize=None)
+def _library_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def code_version(kind: str) -> dict:
+    """What a resume file of evaluation ``kind`` is keyed by besides its settings: the suite's
+    version, the evaluation's own (:data:`EVAL_CODE_VERSION`) and those of the evaluations and
+    reference libraries it calls."""
+    evals = (kind, *_CALLS.get(kind, ()))
+    return {"suite": SUITE_VERSION, "evaluations": {k: EVAL_CODE_VERSION[k] for k in evals},
+            "libraries": {lib: _library_version(lib) for lib in _LIBRARIES.get(kind, ())}}
+
+
+def valid_settings(kind: str) -> tuple[list[str], list[str]]:
+    """(valid, required) setting names of evaluation ``kind``, from its function's signature."""
+    params = [p for p in list(inspect.signature(EVALUATIONS[kind]).parameters.values())[3:]
+              if p.name not in _INJECTED]
+    return [p.name for p in params], [p.name for p in params if p.default is inspect.Parameter.empty]
+
 
 def _check(attacks: dict[str, dict]) -> None:
+    """Every name known and every setting valid, before any work; each error is one line."""
     bad = sorted({name.split(":")[0] for name in attacks} - set(EVALUATIONS))
     if bad:
         raise ValueError(f"unknown evaluation(s) {', '.join(bad)}; valid: {', '.join(EVALUATIONS)}")
     for name, settings in attacks.items():
-        if name.split(":")[0] == "mde":
+        kind = name.split(":")[0]
+        if not isinstance(settings, dict):
+            raise ValueError(f"{name}: settings must be a dict, got {type(settings).__name__}")
+        valid, required = valid_settings(kind)
+        unknown = sorted(set(settings) - set(valid))
+        if unknown:
+            raise ValueError(f"{name}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        missing = [k for k in required if k not in settings]
+        if missing:
+            raise ValueError(f"{name}: missing setting(s) {', '.join(missing)}; valid: {', '.join(valid)}")
+        if kind == "mde":
             wrong = sorted(set(settings.get("parts", MDE_PARTS)) - set(MDE_PARTS))
             if wrong:
                 raise ValueError(f"unknown MDE part(s) {', '.join(wrong)}; valid: {', '.join(MDE_PARTS)}")
+        if kind == "autoattack":
+            version, parts = settings.get("version", "standard"), settings.get("parts")
+            if version not in ("standard", "custom"):
+                raise ValueError(f"{name}: version must be standard or custom, got {version!r}")
+            if version == "custom" and not parts:
+                raise ValueError(f"{name}: version='custom' needs parts, a subset of {', '.join(AA_PARTS)}")
+            wrong = sorted(set(parts or ()) - set(AA_PARTS))
+            if wrong:
+                raise ValueError(f"{name}: unknown AutoAttack part(s) {', '.join(wrong)}; valid: {', '.join(AA_PARTS)}")
+            if version == "standard" and parts is not None and sorted(parts) != sorted(AA_STANDARD):
+                raise ValueError(f"{name}: parts {', '.join(parts)} would be ignored by version='standard' "
+                                 f"(it runs {', '.join(AA_STANDARD)}); use version='custom'")
+
+
+_PART_NAMES = {"apgd-ce": "APGD-CE", "apgd-dlr": "APGD-DLR", "apgd-t": "APGD-T", "fab": "FAB", "fab-t": "FAB-T",
+               "square": "Square", "md": "MD", "mdmt": "MD-MT"}
+
+
+def display_name(name: str, settings: dict) -> str:
+    """The name of what actually ran under ``settings``: "AutoAttack" and "MDE" only with all their
+    parts (else the parts that ran, e.g. "APGD-CE" or "MD + MD-MT"), and the budget of a single
+    iterative attack ("PGD-20", "Square-5000")."""
+    kind = name.split(":")[0]
+    if kind in ("autoattack", "mde"):
+        full, label = (AA_STANDARD, "AutoAttack") if kind == "autoattack" else (MDE_PARTS, "MDE")
+        standard = kind == "autoattack" and settings.get("version", "standard") == "standard"
+        parts = tuple(full if standard else settings.get("parts") or (() if kind == "autoattack" else MDE_PARTS))
+        if sorted(parts) == sorted(full):
+            return label
+        return " + ".join(_PART_NAMES.get(p, p) for p in parts)
+    budget = {"fgsm": None, "pgd": "steps", "cw": "steps", "fmn": "steps", "square": "n_queries", "spsa": "steps"}
+    base = {"fgsm": "FGSM", "pgd": "PGD", "cw": "CW", "fmn": "FMN", "square": "Square", "spsa": "SPSA"}.get(kind, name)
+    key = budget.get(kind)
+    return f"{base}-{settings[key]}" if key and key in settings else base
 
 
 @dataclasses.dataclass
 class EvalResult:
     robust: pd.DataFrame   # one boolean column per evaluation ("natural" first), one row per sample
     seconds: dict          # evaluation -> wall seconds (0 when read back from a resume file)
+    ran: dict = dataclasses.field(default_factory=dict)    # evaluation (and "worst") -> what ran (display_name)
+    code: dict = dataclasses.field(default_factory=dict)   # evaluation -> the code version it ran under
 
     def accuracy(self) -> pd.Series:
         """Accuracy in % per evaluation, plus ``worst`` (robust under every attack)."""
@@ -167,56 +276,82 @@ class EvalResult:
         return acc
 
 
+def _batches(todo: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """The positions ``todo`` in consecutive batches: the one batching (and so the one seeding,
+    each batch's attack seeded with the same ``seed``) of :func:`evaluate` and :func:`pgd_predictions`."""
+    for i in range(0, len(todo), batch_size):
+        yield todo[i:i + batch_size]
+
+
+@torch.no_grad()
+def _predict(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: dict[str, dict], batch_size: int = 500,
              resume_dir: str | Path | None = None) -> EvalResult:
     """Run ``attacks`` (name -> settings; names from :data:`EVALUATIONS`, a name may carry a
-    suffix after ``:``, e.g. ``"pgd:20"``) on inputs ``x`` in [0, 1] with labels ``y``."""
+    suffix after ``:``, e.g. ``"pgd:20"``) on inputs ``x`` in [0, 1] with labels ``y``, with the
+    model in eval mode (its own mode is given back afterwards). ``resume_dir`` must be kept for one
+    model and one ``x``: its files are keyed by settings and code version only."""
     _check(attacks)
-    model.eval()
-    y = y.to(x.device)
     folder = Path(resume_dir) if resume_dir is not None else None
-    with torch.no_grad():
-        natural = torch.cat([model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]
-                             for i in range(0, len(x), batch_size)])
-    flags, seconds = {"natural": natural.cpu()}, {}
-    todo = natural.nonzero().squeeze(1)
-    for name, settings in attacks.items():
-        path = folder / f"{name.replace(':', '_')}-{cache.stable_hash(settings)}.pt" if folder else None
-        if path is not None and path.exists():
-            try:
-                flags[name] = cache.load_checkpoint(path)["robust"].bool()
-                seconds[name] = 0.0
-                continue
-            except cache.CorruptCheckpoint:
+    y = y.to(x.device)
+    with in_eval_mode(model):
+        natural = _predict(model, x, batch_size) == y
+        flags, seconds, code = {"natural": natural.cpu()}, {}, {}
+        todo = natural.nonzero().squeeze(1)
+        for name, settings in attacks.items():
+            kind = name.split(":")[0]
+            code[name] = code_version(kind)
+            stem = f"{name.replace(':', '_')}-{cache.stable_hash({'settings': settings, 'code': code[name]})}"
+            path = folder / f"{stem}.pt" if folder else None
+            if path is not None and path.exists():
+                try:
+                    state = cache.load_checkpoint(path)
+                    if state.get("code") == code[name] and len(state["robust"]) == len(x):
+                        flags[name], seconds[name] = state["robust"].bool(), 0.0
+                        continue
+                except cache.CorruptCheckpoint:
+                    pass
                 path.unlink(missing_ok=True)
-        fn = EVALUATIONS[name.split(":")[0]]
-        t0 = time.perf_counter()
-        robust = torch.zeros(len(x), dtype=torch.bool)
-        if len(todo):
-            if fn is _autoattack:  # it batches and resumes by itself
-                extra = {"state_path": folder / f"{name.replace(':', '_')}-aa-state.json"} if folder else {}
-                robust[todo.cpu()] = fn(model, x[todo], y[todo], batch_size=batch_size, **extra, **settings).cpu()
-            else:
-                for i in range(0, len(todo), batch_size):
-                    idx = todo[i:i + batch_size]
-                    robust[idx.cpu()] = fn(model, x[idx], y[idx], **settings).cpu()
-        seconds[name] = time.perf_counter() - t0
-        flags[name] = robust
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            cache.save_checkpoint(path, {"robust": robust})
-    return EvalResult(pd.DataFrame({k: v.numpy() for k, v in flags.items()}), seconds)
+            fn = EVALUATIONS[kind]
+            params = inspect.signature(fn).parameters
+            extra = {"batch_size": batch_size} if "batch_size" in params else {}
+            if folder is not None and "state_path" in params:
+                extra["state_path"] = folder / f"{stem}-aa-state.json"
+            t0 = time.perf_counter()
+            robust = torch.zeros(len(x), dtype=torch.bool)
+            if len(todo):
+                if kind == "autoattack":  # it batches and resumes by itself
+                    robust[todo.cpu()] = fn(model, x[todo], y[todo], **extra, **settings).cpu()
+                else:
+                    for idx in _batches(todo, batch_size):
+                        robust[idx.cpu()] = fn(model, x[idx], y[idx], **extra, **settings).cpu()
+            seconds[name] = time.perf_counter() - t0
+            flags[name] = robust
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                cache.save_checkpoint(path, {"robust": robust, "settings": settings, "code": code[name]})
+    ran = {"natural": "natural", **{name: display_name(name, s) for name, s in attacks.items()}}
+    ran["worst"] = "worst of " + ", ".join(ran[n] for n in attacks) if attacks else "natural"
+    return EvalResult(pd.DataFrame({k: v.numpy() for k, v in flags.items()}), seconds, ran, code)
 
 
 def pgd_predictions(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float, steps: int,
                     batch_size: int = 500, seed: int = 0) -> torch.Tensor:
     """The model's predictions on L-inf PGD examples (random start, all steps), for confusion
-    matrices under attack (VIR Fig. 1–2)."""
-    model.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        res = pgd(model, x[i:i + batch_size], y[i:i + batch_size].to(x.device), norm="linf", eps=eps,
-                  step_size=step_size, steps=steps, random_start=True, stop_on_success=False, seed=seed + i)
-        with torch.no_grad():
-            out.append(model(res.x_adv).argmax(1).cpu())
-    return torch.cat(out)
+    matrices under attack (VIR Fig. 1–2).
+
+    The same computation as :func:`evaluate`'s ``pgd`` with these settings and ``batch_size``
+    (same batches, same seed), so ``pgd_predictions(...) == y`` are its flags exactly. As there
+    (and in AutoAttack), a sample the model already gets wrong is not attacked: its prediction is
+    the natural one."""
+    settings = dict(eps=eps, step_size=step_size, steps=steps, seed=seed)
+    _check({"pgd": settings})
+    y = y.to(x.device)
+    with in_eval_mode(model):
+        pred = _predict(model, x, batch_size)
+        for idx in _batches((pred == y).nonzero().squeeze(1), batch_size):
+            pred[idx] = _pgd_predictions(model, x[idx], y[idx], **settings)
+    return pred.cpu()
