@@ -50,7 +50,13 @@ def test_start_seeds_and_picks_a_device():
     a = torch.rand(3)
     experiment.start("hol_ddb", profile="smoke", overrides={"seed": 7})
     assert torch.equal(a, torch.rand(3))
-    assert run.device.type in ("cpu", "cuda") and run.seed == 7
+    assert run.seed == 7
+    assert experiment.start("hol_ddb", profile="smoke", overrides={"device": "cpu"}).device == torch.device("cpu")
+    from unittest import mock
+
+    with mock.patch("torch.cuda.is_available", return_value=False):  # no GPU, whatever this machine has
+        with pytest.raises(experiment.ParameterError, match="^device=cuda but no CUDA device is visible"):
+            experiment.start("hol_ddb", profile="smoke", overrides={"device": "cuda"})
     prov = run.provenance()
     for key in ("params", "profile", "dataset", "checkpoints", "versions", "git", "device", "seeds", "wall_seconds"):
         assert key in prov
