@@ -210,3 +210,159 @@ def test_evaluate_gives_the_model_back_in_its_mode(tiny_model, test_batch):
         assert tiny_model.training
     finally:
         tiny_model.eval()
+
+
+# --- each evaluation against a closed form or a reference library --------------------------------
+
+def linear_model(k: int, *, n: int = 200, lo: float = 0.0, hi: float = 1.0, seed: int = 0):
+    """A linear ``k``-class model on 3x4x4 inputs in [lo, hi], with the labels it predicts."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, k)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = lo + (hi - lo) * torch.rand(n, 3, 4, 4)
+    return model, x, model(x).argmax(1)
+
+
+def exact_robust(model, x, y, eps):
+    """Robust iff for every other class j the smallest z_y - z_j over the box [max(0, x - eps),
+    min(1, x + eps)] is positive: each coordinate at the end of its interval that lowers it."""
+    w, b = model[1].weight, model[1].bias
+    lo, hi = (x - eps).clamp(0, 1).flatten(1), (x + eps).clamp(0, 1).flatten(1)
+    robust = torch.ones(len(x), dtype=torch.bool)
+    for j in range(w.shape[0]):
+        d = w[y] - w[j]
+        robust &= ((d * torch.where(d > 0, lo, hi)).sum(1) + b[y] - b[j] > 0) | (y == j)
+    return robust
+
+
+def minimal_eps(model, x, y, *, iterations: int = 30):
+    """Per sample, the smallest eps at which :func:`exact_robust` fails (bisection; it is monotone)."""
+    lo, hi = torch.zeros(len(x)), torch.ones(len(x))
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        robust = exact_robust(model, x, y, mid.view(-1, 1, 1, 1))
+        lo, hi = torch.where(robust, mid, lo), torch.where(robust, hi, mid)
+    return hi
+
+
+def exact_linf_distance(model, x, y):
+    """The smallest L-inf perturbation that changes a linear model's label, ignoring [0, 1]:
+    ``min_j (z_y - z_j) / ||w_y - w_j||_1``."""
+    w, z = model[1].weight, model(x)
+    gaps = (z.gather(1, y[:, None]) - z) / (w[y][:, None, :] - w[None]).abs().sum(2)
+    return gaps.scatter(1, y[:, None], float("inf")).amin(1)
+
+
+def test_fgsm_is_the_closed_form_sign_step_on_a_linear_model():
+    model, x, y = linear_model(2)
+    eps = 0.08
+    w = model[1].weight
+    x_adv = (x + eps * (w[1 - y] - w[y]).sign().view_as(x)).clamp(0, 1)   # x + eps sign(w_y' - w_y), clipped
+    expected = model(x_adv).argmax(1) == y
+    assert 0.2 < expected.float().mean() < 0.8
+    assert torch.equal(evaluate._fgsm(model, x, y, eps=eps), expected)
+    assert torch.equal(expected, exact_robust(model, x, y, eps))  # and for two classes it is optimal
+
+
+@pytest.mark.parametrize("kappa", [50.0, 0.0])
+def test_cw_reaches_the_exact_robustness_of_a_linear_two_class_model(kappa):
+    model, x, y = linear_model(2)
+    eps = 0.08
+    expected = exact_robust(model, x, y, eps)
+    assert 0.2 < expected.float().mean() < 0.8
+    got = evaluate._cw(model, x, y, eps=eps, step_size=eps / 4, steps=10, kappa=kappa)
+    assert torch.equal(got, expected)
+
+
+def test_fmn_finds_the_minimal_linf_distance_of_a_linear_model():
+    model, x, y = linear_model(5, lo=0.3, hi=0.7)   # far enough from 0 and 1 that the box never binds
+    dist = exact_linf_distance(model, x, y)
+    eps = float(dist.median())
+    assert eps < 0.3
+    got = evaluate._fmn(model, x, y, eps=eps, steps=50)
+    assert torch.equal(got[dist > eps], torch.ones(int((dist > eps).sum()), dtype=torch.bool))  # none beyond eps
+    clear = dist < 0.9 * eps
+    assert clear.sum() > 50 and not got[clear].any()   # all well inside eps found (FMN is within 5% here)
+
+
+def test_square_stays_in_the_ball_and_breaks_only_what_can_be_broken():
+    model, x, y = linear_model(5)
+    eps = 0.05
+    x_adv = evaluate._square_examples(model, x, y, eps=eps, n_queries=300, seed=0)
+    assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    flags = evaluate._square(model, x, y, eps=eps, n_queries=300, seed=0)
+    assert torch.equal(flags, model(x_adv).argmax(1) == y)      # broken only where it truly flips
+    exact = exact_robust(model, x, y, eps)
+    assert 0.2 < exact.float().mean() < 0.8
+    assert not (exact & ~flags).any()                            # robust accuracy >= the white-box exact one
+    easy = minimal_eps(model, x, y) < 0.6 * eps
+    assert easy.sum() > 30 and not flags[easy].any()             # and it breaks all that break well inside eps
+
+
+def autoattack_case():
+    """A linear 10-class model (the standard 9 targets exist), a few samples it gets wrong, and a
+    budget at the median of the exact minimal one (so flags are sensitive to it)."""
+    model, x, y = linear_model(10, n=64)
+    eps = float(minimal_eps(model, x, y).median())
+    y[:4] = (y[:4] + 1) % 10
+    return model, x, y, eps
+
+
+def pyautoattack_flags(model, x, y, *, eps, seed, parts=None):
+    """pyautoattack called directly: its standard version, or that version with ``attacks_to_run``
+    set to ``parts``."""
+    from pyautoattack import AutoAttack
+
+    reference = AutoAttack(model, eps=eps, norm="Linf", seed=seed, version="standard", device="cpu")
+    reference.verbose = False
+    if parts is not None:
+        reference.attacks_to_run = list(parts)
+    x_adv, _ = reference.run_standard_evaluation(x, y, batch_size=500)
+    return model(x_adv).argmax(1) == y
+
+
+def test_autoattack_wrapper_agrees_with_pyautoattack_called_directly():
+    from pyautoattack.autopgd_base import APGDAttack
+
+    model, x, y, eps = autoattack_case()
+    parts = ["apgd-ce", "apgd-t"]   # FAB-T and Square cost seconds: the full version is the slow test below
+    ours = evaluate.evaluate(model, x, y, attacks={"autoattack": dict(eps=eps, version="custom", parts=parts,
+                                                                      seed=1)}).robust["autoattack"]
+    theirs = pyautoattack_flags(model, x, y, eps=eps, seed=1, parts=parts)
+    assert 10 < theirs.sum() < len(x) - 10
+    assert torch.equal(torch.tensor(ours.to_numpy()), theirs)
+    # one part alone is that attack with the standard settings: APGD-CE, one restart of 100 steps
+    apgd = APGDAttack(model, n_restarts=1, n_iter=100, eps=eps, norm="Linf", seed=1, loss="ce", device="cpu")
+    alone = model(apgd.perturb(x[4:], y[4:])).argmax(1) == y[4:]
+    assert torch.equal(evaluate._autoattack(model, x[4:], y[4:], eps=eps, version="custom", parts=["apgd-ce"],
+                                            seed=1), alone)
+
+
+@pytest.mark.slow
+def test_standard_autoattack_agrees_with_pyautoattack_called_directly():
+    model, x, y, eps = autoattack_case()
+    ours = evaluate.evaluate(model, x, y, attacks={"autoattack": dict(eps=eps, seed=1)}).robust["autoattack"]
+    assert torch.equal(torch.tensor(ours.to_numpy()), pyautoattack_flags(model, x, y, eps=eps, seed=1))
+
+
+def test_a_reduced_autoattack_keeps_the_standard_settings(tiny_model, test_batch, monkeypatch):
+    """version="custom" runs the listed parts with the standard version's settings (one APGD restart,
+    5000 Square queries), and as many targets as the model has other classes (at most 9)."""
+    from pyautoattack import AutoAttack
+
+    seen = {}
+
+    def capture(self, x, y, *, batch_size, state_path):
+        seen["adversary"], seen["batch_size"] = self, batch_size
+        return x, y
+
+    monkeypatch.setattr(AutoAttack, "run_standard_evaluation", capture)
+    x, pred, _ = test_batch
+    evaluate._autoattack(tiny_model, x, pred, eps=EPS, version="custom", parts=["apgd-ce", "fab-t"], seed=4,
+                         batch_size=17)
+    a = seen["adversary"]
+    assert a.attacks_to_run == ["apgd-ce", "fab-t"] and (a.epsilon, a.norm, a.seed) == (EPS, "Linf", 4)
+    assert (a.apgd.n_restarts, a.apgd.n_iter, a.fab.n_restarts, a.square.n_queries) == (1, 100, 1, 5000)
+    assert a.apgd_targeted.n_target_classes == a.fab.n_target_classes == 3   # tiny_model has 4 classes
+    assert seen["batch_size"] == 17
