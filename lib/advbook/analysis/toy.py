@@ -144,8 +144,9 @@ def illustration_pair(samples, *, rel_tol: float) -> np.ndarray:
 
 
 def pair_summary(samples, pair, *, step_size: float) -> dict:
-    """HOL-F3's data: the illustrated pair and, over all successful points, Spearman's rho of
-    distance and steps and the median ratios steps / straight-line steps and DeepFool / exact."""
+    """HOL-F3's data: the illustrated pair; over the points PGD succeeded on, Spearman's rho of
+    distance and steps and the median ratio steps / straight-line steps; over all points, the median
+    ratio of DeepFool's distance to the exact one (DeepFool needs no PGD success)."""
     from advbook.analysis.vulnerability import correlations
 
     ok = samples["success_pgd"].to_numpy(bool)
