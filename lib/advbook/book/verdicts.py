@@ -19,7 +19,7 @@ from advbook.book import report
 from advbook.core import cache
 
 __all__ = ["load_claims", "artifact_tables", "context", "decide_artifact", "show", "claims_table", "SECTIONS",
-           "decide_all", "claims_page", "table_with_claims"]
+           "decide_all", "claims_page", "table_with_claims", "what_ran"]
 
 # artifact prefix -> the page (MyST label) it is shown on, for links from the claims page
 SECTIONS = {"HOL-F2": "hol-ddb", "HOL-F3": "hol-toy", "HOL-T1": "hol-freq", "HOL-F4": "hol-freq",
@@ -170,6 +170,7 @@ def table_with_claims(run, artifact_id: str, *, results: pd.DataFrame, samples: 
     evals = [e for e in evaluations if (len(results) and e in set(results.evaluation))
              or e in set(report.paper_table(artifact_id)["evaluation"])]
     display(report.paper_beside_ours(results, artifact_id, row=row, label=label, evaluations=evals, rows=rows))
+    what_ran(results)
     return show(run, artifact_id)
 
 
@@ -212,3 +213,16 @@ def claims_page(folder: Path) -> str:
         lines.append(f"| {link} | **{v.outcome}** | {cell(stat)} | {fmt_p(v.p)} | {v.n} × {v.seeds} | "
                      f"{cell(v.statement)} |")
     return "\n".join(lines)
+
+
+def what_ran(results: pd.DataFrame):
+    """A line under a table saying what each evaluation column actually ran, where a profile
+    reduces it (``autoattack`` -> "APGD-CE", ``mde`` -> "MD + MD-MT", ``pgd`` -> "PGD-20")."""
+    from IPython.display import Markdown, display
+
+    if not len(results) or "ran" not in results:
+        return None
+    ran = results.drop_duplicates("evaluation").set_index("evaluation")["ran"]
+    text = "; ".join(f"`{e}` = {r}" for e, r in ran.items() if isinstance(r, str))
+    display(Markdown(f"*What ran in this profile:* {text}."))
+    return ran
