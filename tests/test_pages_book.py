@@ -251,6 +251,8 @@ def test_claims_page_counts_outcomes_and_has_one_row_per_claim_with_pipes_escape
                                row="defense", evaluations=["tinyimagenet:natural"], label="ours",
                                reason="no data | no time")
     page = verdicts.claims_page(tmp_path).splitlines()
+    assert page[0].startswith(f"Decided from the artifacts of the **{tmp_path.name} profile**")
+    page = page[2:]
     n = len(verdicts.load_claims())
     assert page[0] == f"**{n} claims**: 2 holds, 0 does not hold, 0 inconclusive, {n - 2} not run."
     header = _cells(page[2])
@@ -270,7 +272,7 @@ def test_claims_page_counts_outcomes_and_has_one_row_per_claim_with_pipes_escape
 
 def test_claims_page_counts_match_decide_all(tmp_path):
     verdicts_all = verdicts.decide_all(tmp_path)
-    head = verdicts.claims_page(tmp_path).splitlines()[0]
+    head = verdicts.claims_page(tmp_path).splitlines()[2]
     counts = {o: sum(v.outcome == o for v in verdicts_all) for o in engine.OUTCOMES}
     assert head == f"**{len(verdicts_all)} claims**: " + ", ".join(f"{k} {o}" for o, k in counts.items()) + "."
 

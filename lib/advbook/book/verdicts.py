@@ -202,7 +202,8 @@ def claims_page(folder: Path) -> str:
     fmt = lambda x: "—" if x is None or not math.isfinite(x) else f"{x:.2f}"
     fmt_p = lambda p: "—" if p is None or not math.isfinite(p) else ("< 0.0001" if p < 1e-4 else f"{p:.2g}")
     cell = lambda text: str(text).replace("|", "\\|")
-    lines = [f"**{len(verdicts)} claims**: " + ", ".join(f"{n} {o}" for o, n in counts.items()) + ".", "",
+    lines = [f"Decided from the artifacts of the **{Path(folder).name} profile** in `{folder}`.", "",
+             f"**{len(verdicts)} claims**: " + ", ".join(f"{n} {o}" for o, n in counts.items()) + ".", "",
              "| claim | verdict | statistic [CI] | p | n × seeds | the paper's claim |",
              "|---|---|---|---|---|---|"]
     for v in verdicts:
