@@ -15,15 +15,26 @@ PARAMS = dict(model="tiny_cnn", seed=0, train_per_class=25, epochs=3, batch_size
 
 
 def test_defense_configs_carry_the_papers_hyperparameters():
-    assert defenses.defense_config("vir_at", PARAMS).vir_alpha == 7.0
+    assert defenses.defense_config("vir_at", PARAMS).hyper.alpha == 7.0
     vt = defenses.defense_config("vir_trades", {**PARAMS, "vir_trades_beta": 4.0})
-    assert (vt.vir_alpha, vt.vir_gamma, vt.vir_beta, vt.trades_beta) == (8.0, 3.0, 1.6, 4.0)
-    assert defenses.defense_config("trades", PARAMS).trades_beta == 5.0
-    assert defenses.defense_config("vir_at", PARAMS, vir_use="sv").vir_use == "sv"
+    assert (vt.hyper.alpha, vt.hyper.gamma, vt.hyper.beta, vt.hyper.trades_beta) == (8.0, 3.0, 1.6, 4.0)
+    assert defenses.defense_config("trades", PARAMS).hyper.beta == 5.0
+    assert defenses.defense_config("vir_at", PARAMS, vir_use="sv").hyper.use == "sv"
     with pytest.raises(ValueError, match="unknown defense 'awp'; valid: standard, at, trades, mart, gairat"):
         defenses.defense_config("awp", PARAMS)
     with pytest.raises(ValueError, match="vir_use must be one of full, sv, sd, got 'both'"):
         defenses.defense_config("vir_at", PARAMS, vir_use="both")
+
+
+def test_a_defense_takes_the_experiments_settings_it_has_and_no_foreign_override():
+    std, at = defenses.defense_config("standard", PARAMS), defenses.defense_config("at", PARAMS)
+    assert type(std.hyper).__name__ == "StandardConfig" and std.epochs == 3 and std.batch_size == 50
+    assert (at.hyper.eps, at.hyper.step_size, at.hyper.steps) == (8 / 255, 4 / 255, 2)  # no reweight_from, no beta
+    assert defenses.defense_config("mart", PARAMS).hyper.beta == 5.0  # MART's own, not trades_beta
+    assert defenses.defense_config("gairat", PARAMS).hyper.reweight_from == 2
+    with pytest.raises(ValueError, match=r"^objective 'pgd_at' takes no 'vir_use' \(a setting of vir_at, vir_trades\); "
+                                         r"valid: epochs, .*, at_norm, at_eps, at_step_size, at_steps$"):
+        defenses.defense_config("at", PARAMS, vir_use="sv")
 
 
 def test_confusion_rows_are_percentages_of_the_true_class():

@@ -106,10 +106,27 @@ def test_kd_needs_a_teacher(synth):
 
 def test_cache_key_reads_only_the_objectives_own_fields():
     std = train.TrainConfig()
-    assert std.key_fields() == train.TrainConfig(kd_tau=30.0, at_eps=0.1).key_fields()
+    assert set(std.key_fields()) == set(train.SCHEDULE) | {"objective"}
+    with pytest.raises(ValueError, match=r"^objective 'standard' takes no 'kd_tau', 'at_eps' \(a setting of pgd_at, "
+                                         r"kd, .*\); valid: epochs, .*, objective$"):
+        train.TrainConfig.build(kd_tau=30.0, at_eps=0.1)  # a foreign setting cannot reach the key
     kd = train.TrainConfig(objective="kd")
-    assert kd.key_fields() != train.TrainConfig(objective="kd", kd_tau=30.0).key_fields()
+    assert kd.key_fields() == train.TrainConfig.build(objective="kd", kd_tau=4.0, kd_lambda=0.2).key_fields()
+    assert kd.key_fields() != train.TrainConfig.build(objective="kd", kd_tau=30.0).key_fields()
+    assert kd.key_fields() != train.TrainConfig.build(objective="kd", kd_lambda=0.5).key_fields()
     assert "at_eps" not in kd.key_fields() and "kd_tau" not in std.key_fields()
+
+
+def test_distil_student_gives_the_kd_objective_its_tau_and_lambda(synth, tiny_model, monkeypatch):
+    from pathlib import Path
+
+    seen = []
+    monkeypatch.setattr(distill, "train_model", lambda **kw: seen.append(kw["cfg"]))
+    teacher = train.TrainedModel(tiny_model, "t", Path("-"), {}, from_cache=True)
+    distill.distil_student(student="tiny_cnn", dataset=synth, teacher=teacher, train_index=None, tau=3.0, lam=0.4,
+                           epochs=2, batch_size=50, lr=0.1, weight_decay=1e-4, seed=0, device="cpu")
+    assert seen[0].objective == "kd" and (seen[0].hyper.tau, seen[0].hyper.lam) == (3.0, 0.4)
+    assert (seen[0].epochs, seen[0].batch_size, seen[0].lr, seen[0].weight_decay) == (2, 50, 0.1, 1e-4)
 
 
 class Permuted(torch.nn.Module):

@@ -73,7 +73,16 @@ def test_kl_and_vir_parts_take_their_two_logits_by_name_only():
         reweight.vir_parts(logits_nat=q, logits_adv=p, **kw)["w"].item(), rel=1e-3)
 
 
-CFG = train.TrainConfig(epochs=4, batch_size=50, lr=0.05, at_eps=8 / 255, at_step_size=2 / 255, at_steps=3)
+SETTINGS = dict(epochs=4, batch_size=50, lr=0.05, at_eps=8 / 255, at_step_size=2 / 255, at_steps=3)
+
+
+def cfg_for(objective: str, **changes) -> train.TrainConfig:
+    """``objective``'s configuration with the SETTINGS it has, and ``changes``."""
+    owned = train.TrainConfig.keywords(objective)
+    return train.TrainConfig.build(objective=objective, **{k: v for k, v in SETTINGS.items() if k in owned}, **changes)
+
+
+CFG = cfg_for("trades")  # an L-inf training attack's settings, for train_attack
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +95,9 @@ def test_train_attack_stays_in_the_ball_and_in_the_unit_cube(tiny_model, batch, 
     x, y = batch
     ctx = StepContext(seed=3, epoch=0, index=torch.arange(len(x)))
     x_adv, kappa = train_attack(tiny_model, x, y, CFG, ctx, loss=loss, start=start, count=True)
-    assert (x_adv - x).abs().max() <= CFG.at_eps + 1e-6
+    assert (x_adv - x).abs().max() <= CFG.hyper.eps + 1e-6
     assert x_adv.min() >= 0 and x_adv.max() <= 1
-    assert kappa.min() >= 0 and kappa.max() <= CFG.at_steps
+    assert kappa.min() >= 0 and kappa.max() <= CFG.hyper.steps
     again, _ = train_attack(tiny_model, x, y, CFG, ctx, loss=loss, start=start)
     assert torch.equal(x_adv, again)  # seeded
     with pytest.raises(ValueError, match="unknown start 'zero'; valid: gauss, uniform"):
@@ -102,7 +111,8 @@ def test_every_objective_gives_a_finite_loss_with_gradients(synth, batch, name):
     torch.manual_seed(0)
     model = build_model("tiny_cnn", num_classes=4, mean=synth.mean, std=synth.std).train()
     x, y = batch
-    loss, logits, record = OBJECTIVES[name].loss(model, x, y, CFG, StepContext(seed=1, epoch=0, index=torch.arange(32)))
+    cfg = cfg_for(name)
+    loss, logits, record = OBJECTIVES[name].loss(model, x, y, cfg, StepContext(seed=1, epoch=0, index=torch.arange(32)))
     assert loss.ndim == 0 and torch.isfinite(loss) and logits.shape == (32, 4)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
@@ -110,7 +120,7 @@ def test_every_objective_gives_a_finite_loss_with_gradients(synth, batch, name):
         assert record is not None and record["w"].shape == (32,) and (record["w"] >= 0).all()
     if name.startswith("vir"):
         assert set(record) == {"p_y", "S_v", "S_d", "w"}
-        assert torch.allclose(record["w"], record["S_v"] * record["S_d"] + CFG.vir_beta)
+        assert torch.allclose(record["w"], record["S_v"] * record["S_d"] + cfg.hyper.beta)
 
 
 def test_vir_at_with_unit_weights_is_cross_entropy_on_its_attack(synth, batch):
@@ -120,7 +130,7 @@ def test_vir_at_with_unit_weights_is_cross_entropy_on_its_attack(synth, batch):
     model = build_model("tiny_cnn", num_classes=4, mean=synth.mean, std=synth.std).eval()  # eval: no BN drift
     x, y = batch
     ctx = StepContext(seed=5, epoch=0, index=torch.arange(32))
-    cfg = train.TrainConfig(**{**CFG.__dict__, "vir_alpha": 0.0, "vir_beta": 1.0})
+    cfg = cfg_for("vir_at", vir_alpha=0.0, vir_beta=1.0)
     loss, _, record = OBJECTIVES["vir_at"].loss(model, x, y, cfg, ctx)
     assert torch.allclose(record["w"], torch.ones(32))
     x_adv, _ = train_attack(model, x, y, cfg, ctx, loss="ce")
@@ -134,18 +144,19 @@ def test_trades_loss_is_ce_plus_beta_times_the_mean_kl(synth, batch):
     model = build_model("tiny_cnn", num_classes=4, mean=synth.mean, std=synth.std).eval()  # eval: no BN drift
     x, y = batch
     ctx = StepContext(seed=2, epoch=0, index=torch.arange(32))
-    loss, logits, _ = OBJECTIVES["trades"].loss(model, x, y, CFG, ctx)
-    x_adv, _ = train_attack(model, x, y, CFG, ctx, loss="kl")
+    cfg = cfg_for("trades")
+    loss, logits, _ = OBJECTIVES["trades"].loss(model, x, y, cfg, ctx)
+    x_adv, _ = train_attack(model, x, y, cfg, ctx, loss="kl")
     p, q = F.softmax(model(x), 1), F.softmax(model(x_adv), 1)
     kl = (p * (p.log() - q.log())).sum(1).mean()
-    assert loss.item() == pytest.approx(F.cross_entropy(model(x), y).item() + CFG.trades_beta * kl.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(F.cross_entropy(model(x), y).item() + cfg.hyper.beta * kl.item(), rel=1e-4)
 
 
 def test_reweighting_forks_from_the_shared_burn_in_and_matches_a_run_from_scratch(synth, fresh_cache):
     index = torch.arange(0, 400, 4)
-    vir = train.TrainConfig(**{**CFG.__dict__, "objective": "vir_at", "reweight_from": 2})
-    base = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=CFG.__class__(**{**CFG.__dict__,
-                             "objective": "pgd_at"}), seed=0, train_index=index, share_epochs=(2,))
+    vir = cfg_for("vir_at", reweight_from=2)
+    base = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=cfg_for("pgd_at"), seed=0, train_index=index,
+                             share_epochs=(2,))
     assert base.meta["forked_from"] is None
     forked = train.train_model(model_name="tiny_cnn", dataset=synth, cfg=vir, seed=0, train_index=index)
     assert forked.meta["forked_from"] and forked.meta["forked_from"].endswith("-e2.pt")
@@ -171,7 +182,7 @@ def test_an_objective_gives_the_model_back_in_the_mode_it_got(synth, batch, tiny
     x, y = batch
     ctx = StepContext(seed=1, epoch=0, index=torch.arange(32),
                       teacher=tiny_model if OBJECTIVES[name].needs_teacher else None)
-    OBJECTIVES[name].loss(model, x, y, CFG, ctx)
+    OBJECTIVES[name].loss(model, x, y, cfg_for(name), ctx)
     assert [m.training for m in model.modules()] == [training] * len(list(model.modules()))
 
 
@@ -185,5 +196,5 @@ def test_a_model_with_a_frozen_submodule_gets_every_mode_back(synth, batch):
     before = [m.training for m in model.modules()]
     x, y = batch
     for name in ("pgd_at", "trades", "vir_at"):
-        OBJECTIVES[name].loss(model, x, y, CFG, StepContext(seed=1, epoch=0, index=torch.arange(32)))
+        OBJECTIVES[name].loss(model, x, y, cfg_for(name), StepContext(seed=1, epoch=0, index=torch.arange(32)))
         assert [m.training for m in model.modules()] == before, name

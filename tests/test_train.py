@@ -138,7 +138,7 @@ def test_pgd_adversarial_training_buys_robustness():
     common = dict(epochs=8, batch_size=50, lr=0.05)
     eps = 8 / 255
     std = train.train_model(model_name="tiny_cnn", dataset=synth, seed=0, cfg=train.TrainConfig(**common)).model
-    rob = train.train_model(model_name="tiny_cnn", dataset=synth, seed=0, cfg=train.TrainConfig(
+    rob = train.train_model(model_name="tiny_cnn", dataset=synth, seed=0, cfg=train.TrainConfig.build(
         **common, objective="pgd_at", at_eps=eps, at_step_size=eps / 4, at_steps=5)).model
     x, y = data.to_float(synth.test.images), synth.test.labels
 

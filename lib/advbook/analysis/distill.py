@@ -94,8 +94,8 @@ def distil_student(*, student: str, dataset: Dataset, teacher: TrainedModel, tra
                    tau: float, lam: float, epochs: int, batch_size: int, lr: float, weight_decay: float,
                    seed: int, device) -> TrainedModel:
     """Train ``student`` on ``dataset.train[train_index]`` with Eq. 5 against ``teacher`` (cached)."""
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, objective="kd",
-                      kd_tau=tau, kd_lambda=lam)
+    cfg = TrainConfig.build(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, objective="kd",
+                            kd_tau=tau, kd_lambda=lam)
     return train_model(model_name=student, dataset=dataset, cfg=cfg, seed=seed, train_index=train_index,
                        device=device, teacher=teacher)
 

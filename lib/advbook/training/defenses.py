@@ -35,7 +35,9 @@ DEFENSES: dict[str, tuple[str, dict]] = {
 
 def defense_config(name: str, params: dict, **overrides) -> TrainConfig:
     """The TrainConfig of defense ``name`` under experiment ``params`` (schedule, attack, burn-in
-    and TRADES weights), with ``overrides`` (e.g. ``vir_use="sv"`` or ``vir_beta=0.1``) last."""
+    and TRADES weights, each where the defense's objective has it), with its hyperparameters and
+    ``overrides`` (e.g. ``vir_use="sv"`` or ``vir_beta=0.1``) last; an override the objective does
+    not own fails with the valid ones."""
     if name not in DEFENSES:
         raise ValueError(f"unknown defense {name!r}; valid: {', '.join(DEFENSES)}")
     objective, hyper = DEFENSES[name]
@@ -43,10 +45,9 @@ def defense_config(name: str, params: dict, **overrides) -> TrainConfig:
                   weight_decay=params["weight_decay"], at_eps=params["at_eps"], at_step_size=params["at_step_size"],
                   at_steps=params["at_steps"], reweight_from=params["reweight_from"],
                   trades_beta=params["vir_trades_beta"] if objective == "vir_trades" else params["trades_beta"])
-    cfg = TrainConfig(objective=objective, **{**common, **hyper, **overrides})
-    if cfg.objective not in OBJECTIVES:  # pragma: no cover - DEFENSES and OBJECTIVES are kept in step
-        raise ValueError(f"defense {name!r} names unknown objective {cfg.objective!r}")
-    return cfg
+    owned = TrainConfig.keywords(objective)
+    return TrainConfig.build(objective=objective, **{**{k: v for k, v in common.items() if k in owned},
+                                                     **hyper, **overrides})
 
 
 def train_defenses(names, *, params: dict, dataset: Dataset, seed: int, device,

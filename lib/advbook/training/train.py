@@ -14,7 +14,7 @@ import hashlib
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,15 +24,22 @@ from advbook.core import cache
 from advbook.data.cifar import Dataset, balanced_subset, to_float
 from advbook.models.predict import predict
 from advbook.models.zoo import Classifier, build_model
-from advbook.training.objectives import OBJECTIVES, VIR_USE, StepContext
+from advbook.training.objectives import OBJECTIVES, StepContext, base_hyper, hyper_keywords, keywords
 
-__all__ = ["TrainConfig", "TrainedModel", "train_model", "trained_for", "augment", "predict", "model_key", "OBJECTIVES"]
+__all__ = ["TrainConfig", "SCHEDULE", "TrainedModel", "train_model", "trained_for", "augment", "predict", "model_key",
+           "OBJECTIVES"]
 
 TRAIN_CODE_VERSION = 2  # bump when the loop changes in a way that changes the weights
 
 
+SCHEDULE = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup", "augment")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """The schedule, the objective, and ``hyper``: the objective's own configuration (an instance
+    of ``OBJECTIVES[objective].config``, e.g. :class:`~advbook.training.objectives.VIRConfig`;
+    its defaults when left out). :meth:`build` makes one from flat keywords (``at_eps=...``)."""
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.05           # peak learning rate of the one-cycle schedule
@@ -41,39 +48,64 @@ class TrainConfig:
     warmup: float = 0.15       # fraction of the steps spent rising to the peak
     augment: bool = True       # random crop (pad 4) and horizontal flip
     objective: str = "standard"  # a key of OBJECTIVES
-    at_norm: str = "linf"      # PGD-AT threat model (Madry et al.): used by objective "pgd_at" only
-    at_eps: float = 8 / 255
-    at_step_size: float = 2 / 255
-    at_steps: int = 10
-    kd_tau: float = 4.0        # distillation temperature (HOL Eq. 5): used by objective "kd" only
-    kd_lambda: float = 0.2     # weight of the cross-entropy with the labels in Eq. 5
-    trades_beta: float = 6.0   # TRADES' 1/lambda (VIR uses 4.0 for ResNet-18, 5.0 for VIR-TRADES)
-    mart_beta: float = 5.0     # MART's weight of the KL term
-    gair_lambda: float = -1.0  # GAIRAT's lambda (tanh weights)
-    mail_bias: float = -1.5    # MAIL's bias and slope, as in its reference code
-    mail_slope: float = 1.0
-    vir_alpha: float = 7.0     # VIR-AT's alpha, gamma, beta (VIR-TRADES: 8.0, 3.0, 1.6)
-    vir_gamma: float = 10.0
-    vir_beta: float = 0.007
-    vir_use: str = "full"      # "full" w = S_v S_d + beta, or "sv" / "sd" alone (ablations)
-    reweight_from: int = 0     # reweighting methods run their base objective before this epoch (0-based)
+    hyper: Any = None          # an OBJECTIVES[objective].config
 
     def __post_init__(self):
-        if self.vir_use not in VIR_USE:
-            raise ValueError(f"vir_use must be one of {', '.join(VIR_USE)}, got {self.vir_use!r}")
+        config = _objective(self.objective).config
+        if self.hyper is None:
+            object.__setattr__(self, "hyper", config())
+        elif type(self.hyper) is not config:
+            raise ValueError(f"objective {self.objective!r} takes a {config.__name__} as hyper, "
+                             f"got {type(self.hyper).__name__}")
+
+    @staticmethod
+    def keywords(objective: str) -> tuple[str, ...]:
+        """The keywords :meth:`build` takes for ``objective``: the schedule's and the objective's own."""
+        return SCHEDULE + ("objective",) + _objective(objective).keywords
+
+    @classmethod
+    def build(cls, objective: str = "standard", **kw) -> "TrainConfig":
+        """The configuration of ``objective`` from flat keywords: the schedule's and those of its own
+        settings (``TrainConfig.build(objective="vir_at", epochs=30, at_eps=8/255, vir_beta=0.1)``).
+        A keyword the objective does not own fails with the valid ones."""
+        valid = cls.keywords(objective)
+        foreign = [k for k in kw if k not in valid]
+        if foreign:
+            owners = [o for o, obj in OBJECTIVES.items() if set(foreign) & set(obj.keywords)]
+            raise ValueError(f"objective {objective!r} takes no {', '.join(map(repr, foreign))}"
+                             + (f" (a setting of {', '.join(owners)})" if owners else "")
+                             + f"; valid: {', '.join(valid)}")
+        names = keywords(OBJECTIVES[objective].config)
+        hyper = OBJECTIVES[objective].config(**{names[k]: v for k, v in kw.items() if k in names})
+        return cls(objective=objective, hyper=hyper, **{k: v for k, v in kw.items() if k in SCHEDULE})
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with ``changes`` (flat keywords, checked as by :meth:`build`). With a new
+        ``objective``, the other settings carry over where the new objective has them."""
+        objective = changes.get("objective", self.objective)
+        carried = {k: v for k, v in self.key_fields().items() if k in self.keywords(objective)}
+        return self.build(**{**carried, **changes})
 
     def key_fields(self) -> dict:
-        """The fields that decide the weights: the common ones and those of ``objective``."""
-        claimed = {f for o in OBJECTIVES.values() for f in o.fields}
-        own = set(OBJECTIVES[self.objective].fields) if self.objective in OBJECTIVES else set()
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in claimed or k in own}
+        """The fields that decide the weights, flat: the schedule, the objective, and the objective's
+        own fields by their keywords (the same dict as before the per-objective configurations)."""
+        return {**{k: getattr(self, k) for k in SCHEDULE}, "objective": self.objective,
+                **hyper_keywords(self.hyper)}
 
     def burn_in(self) -> "TrainConfig | None":
-        """The configuration whose first ``reweight_from`` epochs this run shares, or None."""
-        base = OBJECTIVES[self.objective].base if self.objective in OBJECTIVES else None
-        if base is None or not 0 < self.reweight_from < self.epochs:
+        """The configuration whose first ``hyper.reweight_from`` epochs this run shares (its base
+        objective with the same schedule and the same values of the base's settings), or None."""
+        base = OBJECTIVES[self.objective].base
+        if base is None or not 0 < self.hyper.reweight_from < self.epochs:
             return None
-        return dataclasses.replace(self, objective=base)
+        return TrainConfig(**{k: getattr(self, k) for k in SCHEDULE}, objective=base,
+                           hyper=base_hyper(self.objective, self.hyper))
+
+
+def _objective(name: str):
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; valid: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]
 
 
 @dataclasses.dataclass
@@ -182,15 +214,14 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
     ``teacher`` (for objective ``"kd"``) is a trained model whose cache key becomes part of
     this model's key, so a student is retrained when its teacher changes.
 
-    Shared burn-in: a reweighting objective runs its base objective for its first
-    ``cfg.reweight_from`` epochs. Its state after them is exactly that of the base run with the
-    same settings (same schedule, data order and seeds), so it is saved once as a *prefix* and
-    every such run forks from it. A base run saves prefixes at the epochs in ``share_epochs``.
+    Shared burn-in: a reweighting objective runs its base objective, with the configuration
+    :meth:`TrainConfig.burn_in` gives, for its first ``cfg.hyper.reweight_from`` epochs. Its state
+    after them is exactly that of the base run with the same settings (same schedule, data order
+    and seeds), so it is saved once as a *prefix* and every such run forks from it. A base run
+    saves prefixes at the epochs in ``share_epochs``.
     """
     if cfg.epochs < 1 or cfg.batch_size < 1 or not cfg.lr > 0:
         raise ValueError(f"epochs, batch_size and lr must be positive, got {cfg}")
-    if cfg.objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {cfg.objective!r}; valid: {', '.join(OBJECTIVES)}")
     objective = OBJECTIVES[cfg.objective]
     if objective.needs_teacher and teacher is None:
         raise ValueError(f"objective {cfg.objective!r} needs a teacher model")
@@ -213,8 +244,9 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
     model, opt = initial()  # after a failed load too: exactly the start of a run in an empty cache
 
     burn_in = cfg.burn_in()
+    switch = cfg.hyper.reweight_from if burn_in is not None else 0  # first epoch of the objective itself
     prefix_cfg = burn_in or cfg
-    shared = set(share_epochs) | ({cfg.reweight_from} if burn_in is not None else set())
+    shared = set(share_epochs) | ({switch} if burn_in is not None else set())
     prefixes = {e: _prefix_path(model_name=model_name, dataset=dataset, train_index=train_index, cfg=prefix_cfg,
                                 seed=seed, epoch=e) for e in shared if 0 < e < cfg.epochs}
     split = dataset.train if train_index is None else dataset.train.subset(train_index)
@@ -224,8 +256,8 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
     total = cfg.epochs * steps_per_epoch
     start_epoch, history, seconds, forked_from = 0, [], 0.0, None
     resume_from = last
-    if not last.exists() and burn_in is not None and prefixes[cfg.reweight_from].exists():
-        resume_from = forked_from = prefixes[cfg.reweight_from]
+    if not last.exists() and burn_in is not None and prefixes[switch].exists():
+        resume_from = forked_from = prefixes[switch]
     if resume_from.exists():
         try:
             state = cache.load_checkpoint(resume_from)
@@ -249,8 +281,8 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
         order = torch.randperm(n, generator=g)
         model.train()
         loss_sum, correct, records = 0.0, 0, []
-        step_objective = OBJECTIVES[burn_in.objective] if burn_in is not None and epoch < cfg.reweight_from \
-            else objective
+        step_cfg = burn_in if epoch < switch else cfg  # the base objective, with its own config, in the burn-in
+        step_objective = OBJECTIVES[step_cfg.objective]
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb = to_float(split.images[idx])
@@ -262,7 +294,7 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
                 group["lr"] = _lr_at(epoch * steps_per_epoch + b, total, cfg)
             batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
             ctx = StepContext(seed=batch_seed, epoch=epoch, index=idx, teacher=teacher_net)
-            loss, logits, record = step_objective.loss(model, xb, yb, cfg, ctx)
+            loss, logits, record = step_objective.loss(model, xb, yb, step_cfg, ctx)
             if record is not None:
                 records.append({"index": positions[idx], **{k: v.detach().cpu() for k, v in record.items()}})
             opt.zero_grad(set_to_none=True)
@@ -304,10 +336,10 @@ def trained_for(params: dict, dataset: Dataset, *, device, robust: bool = False,
     and ``seed`` (and ``at_eps``, ``at_step_size``, ``at_steps`` when ``robust``), so that two
     sections with the same settings share one cached model.
     """
-    cfg = TrainConfig(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
-                      weight_decay=params["weight_decay"],
-                      **(dict(objective="pgd_at", at_eps=params["at_eps"], at_step_size=params["at_step_size"],
-                              at_steps=params["at_steps"]) if robust else {}))
+    cfg = TrainConfig.build(epochs=params["epochs"], batch_size=params["batch_size"], lr=params["lr"],
+                            weight_decay=params["weight_decay"],
+                            **(dict(objective="pgd_at", at_eps=params["at_eps"], at_step_size=params["at_step_size"],
+                                    at_steps=params["at_steps"]) if robust else {}))
     index = balanced_subset(dataset.train.labels, n_per_class=params["train_per_class"], seed=params["seed"])
     return train_model(model_name=model_name or params["model"], dataset=dataset, cfg=cfg, seed=params["seed"],
                        train_index=index, device=device)
