@@ -49,7 +49,7 @@ def test_every_ablation_variant_is_a_valid_training_configuration():
     for jobs in defenses.ablation_variants({**ABLATION, "tables": ["T6", "T7", "T9", "T10", "T11", "T12"]}).values():
         for defense, overrides in jobs.values():
             cfg = defenses.defense_config(defense, PARAMS, **overrides)
-            assert all(getattr(cfg, k) == v for k, v in overrides.items())
+            assert all(cfg.key_fields()[k] == v for k, v in overrides.items())  # flat keywords of cfg.hyper
 
 
 def test_wide_data_cost_in_closed_form():
