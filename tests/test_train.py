@@ -229,3 +229,19 @@ def test_a_run_killed_four_times_ends_with_byte_identical_files(synth, fresh_cac
     assert resumed.checkpoint.read_bytes() == reference.checkpoint.read_bytes()
     assert resumed.meta["sha256"] == reference.meta["sha256"]
     assert resumed.meta["history"] == reference.meta["history"]
+
+
+def test_trained_for_builds_the_standard_or_pgd_at_config_from_the_params(synth, monkeypatch):
+    seen = []
+    monkeypatch.setattr(train, "train_model", lambda **kw: seen.append(kw))
+    params = dict(model="tiny_cnn", train_per_class=10, epochs=2, batch_size=20, lr=0.1, weight_decay=1e-4, seed=3,
+                  at_eps=0.1, at_step_size=0.03, at_steps=4)
+    train.trained_for(params, synth, device="cpu")
+    train.trained_for(params, synth, device="cpu", robust=True, model_name="small_cnn")
+    std, rob = seen[0]["cfg"], seen[1]["cfg"]
+    assert std == train.TrainConfig(epochs=2, batch_size=20, lr=0.1, weight_decay=1e-4)  # at_* not in its key
+    assert rob == train.TrainConfig.build(objective="pgd_at", epochs=2, batch_size=20, lr=0.1, weight_decay=1e-4,
+                                          at_eps=0.1, at_step_size=0.03, at_steps=4)
+    assert (rob.hyper.norm, seen[0]["model_name"], seen[1]["model_name"], seen[1]["seed"]) == \
+        ("linf", "tiny_cnn", "small_cnn", 3)
+    assert len(seen[0]["train_index"]) == 40  # 10 per class, 4 classes
