@@ -27,7 +27,7 @@ from advbook.core import cache
 from advbook.book.experiment import Run
 
 __all__ = ["ARTIFACT_ID", "write_artifact", "read_artifact", "IncompleteArtifact", "paper_result", "compare",
-           "show_image", "new_figure", "paper_beside_ours", "best_rows", "best_agreement"]
+           "show_image", "new_figure", "paper_beside_ours"]
 
 ARTIFACT_ID = re.compile(r"^(HOL|VIR|RRM|AGK|LEC)-[FT]\d+$")
 
@@ -242,26 +242,6 @@ def _beside_caption(artifact_id: str, label: str) -> str:
     inner = re.fullmatch(r"ours \((.*)\)(.*)", label.strip(), flags=re.S)
     ours = f"{inner.group(1)}{inner.group(2)}" if inner else label
     return f"paper: {paper_result(artifact_id)['cite']}. ours: {ours}."
-
-
-def best_rows(results: pd.DataFrame, artifact_id: str, *, row: str) -> pd.DataFrame:
-    """Per evaluation that both have: the paper's best ``row`` value and ours (mean over seeds),
-    and whether they agree."""
-    pt = _paper_frame(artifact_id, row)
-    best_paper = pt.pivot(index=row, columns="evaluation", values="mean").idxmax()
-    best_ours = results.groupby([row, "evaluation"])["accuracy"].mean().unstack().idxmax()
-    both = [e for e in best_paper.index if e in best_ours.index]
-    return pd.DataFrame({"paper": best_paper[both], "ours": best_ours[both],
-                         "agree": best_paper[both] == best_ours[both]}).rename_axis("evaluation")
-
-
-def best_agreement(results: pd.DataFrame, artifact_id: str, *, row: str) -> str:
-    """One sentence: under how many evaluations the paper's best ``row`` value (variant, defense)
-    is also ours (seed means), and which each side picked. Markdown, the count in bold."""
-    best = best_rows(results, artifact_id, row=row)
-    return (f"the paper's best {row} is also ours under **{int(best.agree.sum())} of {len(best)}** evaluations "
-            f"(ours: {', '.join(f'{e}: {r.ours}' for e, r in best.iterrows())}; "
-            f"paper: {', '.join(f'{e}: {r.paper}' for e, r in best.iterrows())})")
 
 
 def params_table(params: dict) -> pd.DataFrame:
