@@ -13,7 +13,7 @@ from advbook.book import experiment
 from advbook.book import report
 
 REPO = Path(__file__).resolve().parents[1]
-WRITES = re.compile(r"write_artifact\(\s*run,\s*\"([A-Z]{3}-[FT]\d+)\"")
+WRITES = re.compile(r"write_artifact\(\s*run,\s*\"([A-Z]{3}-[FTX]\d+)\"")
 CATALOGUE = REPO.parent / "shared" / "ARTIFACTS.md"
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def test_every_artifact_has_its_files_and_is_shown_in_the_html(built_book):
             prov = json.loads((folder / f"{artifact_id}.provenance.json").read_text())
             assert prov["profile"] == "smoke" and prov["dataset"]["sha256"] and prov["wall_seconds"] > 0
             assert prov["git"].keys() == {"commit", "dirty"} and prov["versions"]["torch"]
-            if report.ARTIFACT_ID.match(artifact_id) and "-F" in artifact_id:
+            if report.ARTIFACT_ID.match(artifact_id) and ("-F" in artifact_id or (folder / f"{artifact_id}.png").exists()):
                 assert (folder / f"{artifact_id}.png").read_bytes()[:4] == b"\x89PNG"
                 figure = soup.find(id=artifact_id.lower())
                 assert figure is not None, f"{artifact_id}: no element labelled {artifact_id.lower()}"
@@ -97,11 +97,22 @@ def test_every_catalogued_artifact_of_a_built_chapter_is_written(built_book):
     assert chapters >= {"HOL", "VIR"} and not missing, f"catalogued but not written: {missing}"
 
 
+def colab_link(stem: str) -> str:
+    """The Colab button's link for a notebook page: its source in git, on the repository and branch
+    of _config.yml's `repository:` (book/_ext/advbook_html.py rewrites the theme's link)."""
+    import yaml
+
+    repo = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]
+    owner_name = repo["url"].removeprefix("https://github.com/").strip("/")
+    return f'href="https://colab.research.google.com/github/{owner_name}/blob/{repo["branch"]}/notebooks/{stem}.ipynb"'
+
+
 def test_pages_show_no_errors_and_label_the_profile(built_book):
     for nb_path in notebooks():
         html = (built_book / "_build" / "html" / "book" / "executed" / f"{nb_path.stem}.html").read_text()
         assert "Traceback" not in html and "Error" not in re.sub(r"<[^>]+>", "", html).split("References")[0]
         assert "smoke profile" in html
+        assert colab_link(nb_path.stem) in html, f"{nb_path.stem}: no Colab button on its source notebook"
 
 
 def test_bibliography_lists_the_five_sources(built_book):

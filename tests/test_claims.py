@@ -527,7 +527,8 @@ def test_paper_best_claims_expand_into_the_papers_winners():
 # 12. Verdict files round trip
 # ---------------------------------------------------------------------------------------------
 
-DEFENSES = ("at", "trades", "mart", "gairat", "mail_at", "vir_trades", "vir_at")
+DEFENSES = ("at", "trades", "mart", "gairat", "mail_at", "vir_trades", "vir_at", "vir_at_mean", "vir_at_norm",
+            "vir_trades_mean")
 
 
 def write_fake_vir_t1(folder: Path) -> None:
@@ -535,6 +536,8 @@ def write_fake_vir_t1(folder: Path) -> None:
     acc = {d: {e: 0.5 for e in EVALUATIONS} for d in DEFENSES}
     acc["vir_at"] |= {"natural": 0.75, "fgsm": 0.7, "pgd": 0.65}      # VIR-T1.1 holds
     acc["gairat"] |= {"cw": 0.65}                                     # VIR-T1.2 and 1.3 do not hold
+    acc["vir_at_norm"] |= {"natural": 0.95, "fgsm": 0.95, "pgd": 0.95}  # a control: no rival of the paper's claims
+    acc["vir_trades_mean"] |= {"cw": 0.8}                             # VIR-T1.5 (ours) does not hold
     flags = flags_frame(rng, 600, acc, seeds=(0, 1))
     flags.to_csv(folder / "VIR-T1.samples.csv", index=False)
     (folder / "VIR-T1.provenance.json").write_text(json.dumps(
@@ -553,24 +556,25 @@ def test_decide_artifact_round_trip(tmp_path):
     write_fake_vir_t1(tmp_path)
     first = verdicts.decide_artifact(tmp_path, "VIR-T1")
     saved = json.loads((tmp_path / "VIR-T1.claims.json").read_text())
-    assert [v["claim"] for v in saved] == ["VIR-T1.1", "VIR-T1.2", "VIR-T1.3"]
-    assert [v["outcome"] for v in saved] == [v.outcome for v in first] == ["holds", "does not hold", "does not hold"]
+    assert [v["claim"] for v in saved] == ["VIR-T1.1", "VIR-T1.2", "VIR-T1.3", "VIR-T1.4", "VIR-T1.5"]
+    assert [v["outcome"] for v in saved] == [v.outcome for v in first] == ["holds", "does not hold", "does not hold",
+                                                                           "holds", "does not hold"]
     assert all(v["seeds"] == 2 and v["n"] == 1200 and v["profile"] == "fast" and v["dataset"] == "cifar10"
                for v in saved)
     second = verdicts.decide_artifact(tmp_path, "VIR-T1", write=False)
     assert [v.to_dict() for v in second] == [v.to_dict() for v in first]     # deterministic
     table = verdicts.claims_table(tmp_path)
-    assert table["claim"].tolist() == ["VIR-T1.1", "VIR-T1.2", "VIR-T1.3"]
-    assert table["verdict"].tolist() == ["holds", "does not hold", "does not hold"]
+    assert table["claim"].tolist() == ["VIR-T1.1", "VIR-T1.2", "VIR-T1.3", "VIR-T1.4", "VIR-T1.5"]
+    assert table["verdict"].tolist() == ["holds", "does not hold", "does not hold", "holds", "does not hold"]
     assert set(table["section"]) == {"vir-main"} and (table["seeds"] == 2).all()
-    assert len(verdicts.comparisons(first)) == 3 * 6 + 4 * 6 + 4 * 2
+    assert len(verdicts.comparisons(first)) == 3 * 6 + 4 * 6 + 4 * 2 + 3 + 4   # T1.1-T1.3, then one rival each for T1.4 and T1.5
 
 
 def test_a_mixed_or_unfinished_artifact_is_never_judged(tmp_path):
     write_fake_vir_t1(tmp_path)
     (tmp_path / "VIR-T1.samples.csv").write_text("natural,defense,seed,index\nTrue,vir_at,0,1\n")  # a later run, killed
     out = verdicts.decide_artifact(tmp_path, "VIR-T1")
-    assert [v.outcome for v in out] == ["not run"] * 3 and all("does not match" in v.why for v in out)
+    assert [v.outcome for v in out] == ["not run"] * 5 and all("does not match" in v.why for v in out)
     (tmp_path / "VIR-T1.manifest.json").unlink()
     assert all("did not finish" in v.why for v in verdicts.decide_artifact(tmp_path, "VIR-T1"))
 
@@ -579,5 +583,5 @@ def test_decide_artifact_not_run_status(tmp_path):
     (tmp_path / "VIR-T1.json").write_text(json.dumps({"status": "not run", "reason": "needs 7 trained defenses"}))
     seal(tmp_path, "VIR-T1", {"data": "VIR-T1.json"})
     out = verdicts.decide_artifact(tmp_path, "VIR-T1")
-    assert [v.outcome for v in out] == ["not run"] * 3 and all(v.why == "needs 7 trained defenses" for v in out)
+    assert [v.outcome for v in out] == ["not run"] * 5 and all(v.why == "needs 7 trained defenses" for v in out)
     assert set(verdicts.claims_table(tmp_path)["verdict"]) == {"not run"}

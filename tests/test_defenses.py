@@ -22,7 +22,7 @@ def test_defense_configs_carry_the_papers_hyperparameters():
     assert defenses.defense_config("vir_at", PARAMS, vir_use="sv").hyper.use == "sv"
     with pytest.raises(ValueError, match="unknown defense 'awp'; valid: standard, at, trades, mart, gairat"):
         defenses.defense_config("awp", PARAMS)
-    with pytest.raises(ValueError, match="vir_use must be one of full, sv, sd, got 'both'"):
+    with pytest.raises(ValueError, match="vir_use must be one of full, sv, sd, mean, norm, got 'both'"):
         defenses.defense_config("vir_at", PARAMS, vir_use="both")
 
 
@@ -61,3 +61,47 @@ def test_reweighting_defenses_fork_from_their_base_and_record_weights(synth, fre
     assert again["vir_at"].from_cache and not again["sv"].from_cache and again["sv"].meta["forked_from"]
     assert again["sv"].key != again["vir_at"].key
     assert torch.equal(again["sv"].records()[3]["w"], again["sv"].records()[3]["S_v"])
+
+
+def test_the_controls_are_vir_with_one_setting_changed_and_marked_as_ours():
+    assert set(defenses.CONTROLS) == {"vir_at_mean", "vir_at_norm", "vir_trades_mean", "vir_trades_norm"}
+    for name in defenses.CONTROLS:
+        base, use = name.rsplit("_", 1)
+        cfg, ref = defenses.defense_config(name, PARAMS), defenses.defense_config(base, PARAMS)
+        assert cfg.hyper == type(ref.hyper)(**{**ref.hyper.__dict__, "use": use})   # only vir_use differs
+    assert defenses.paper_only(["at", "vir_at", "vir_at_mean", "vir_trades_norm"]) == ["at", "vir_at"]
+
+
+def test_weight_scale_is_one_in_the_burn_in_and_the_recorded_mean_after(synth, fresh_cache):
+    trained = defenses.train_defenses(["at", "vir_at", "vir_at_mean"], params=PARAMS, dataset=synth, seed=0,
+                                      device="cpu")
+    frame = defenses.weight_scale(trained, names=["at", "vir_at", "vir_at_mean"], params=PARAMS)
+    lr = train_lr(PARAMS)
+    for name, g in frame.groupby("defense"):
+        assert g["lr"].tolist() == pytest.approx(lr)
+        records = trained[name].records()
+        expected = [float(records[e + 1]["w"].double().mean()) if e + 1 in records else 1.0
+                    for e in range(PARAMS["epochs"])]
+        assert g["mean weight"].tolist() == pytest.approx(expected)
+        assert (g["lr x mean weight"] == g["lr"] * g["mean weight"]).all()
+    at, vir = frame[frame.defense == "at"], frame[frame.defense == "vir_at"]
+    assert (at["mean weight"] == 1.0).all() and vir["mean weight"].iloc[-1] < 0.5   # VIR-AT's weights are small
+    mean_rec = trained["vir_at_mean"].records()
+    assert all(torch.unique(r["w"]).numel() <= -(-len(r["w"]) // PARAMS["batch_size"]) for r in mean_rec.values())
+
+
+def train_lr(params):
+    from advbook.training import train
+
+    cfg = defenses.defense_config("at", params)
+    return train.lr_per_epoch(cfg, n_train=params["train_per_class"] * 4)
+
+
+def test_lr_per_epoch_is_the_mean_of_the_one_cycle_steps():
+    from advbook.training import train
+
+    cfg = train.TrainConfig(epochs=2, batch_size=10, lr=0.4, warmup=0.15)
+    # 2 steps per epoch, 4 in all, peak after 1: 0.4, 0.4 * 3/3, 0.4 * 2/3, 0.4 * 1/3
+    assert train.lr_per_epoch(cfg, n_train=20) == pytest.approx([0.4, 0.2])
+    with pytest.raises(ValueError, match="n_train must be >= 1, got 0"):
+        train.lr_per_epoch(cfg, n_train=0)

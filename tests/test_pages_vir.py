@@ -33,7 +33,8 @@ def test_ablation_variants_label_the_rows_and_set_only_what_varies():
     tables = defenses.ablation_variants(ABLATION)
     assert list(tables) == ["T6", "T9", "T11"]                          # only the tables asked for
     assert tables["T6"] == {"plain": ("at", {}), "sv": ("vir_at", {"vir_use": "sv"}),
-                            "sd": ("vir_at", {"vir_use": "sd"}), "full": ("vir_at", {})}
+                            "sd": ("vir_at", {"vir_use": "sd"}), "full": ("vir_at", {}),
+                            "mean (ours)": ("vir_at_mean", {}), "norm (ours)": ("vir_at_norm", {})}
     assert tables["T9"] == {"beta=0": ("vir_at", {"vir_beta": 0.0}), "beta=0.007": ("vir_at", {"vir_beta": 0.007})}
     # alpha varied at the paper's gamma (10), gamma varied at the paper's alpha (7)
     assert tables["T11"] == {"alpha=5,gamma=10": ("vir_at", {"vir_alpha": 5.0}),

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from advbook import data
 from advbook.training import reweight
 from advbook.training import train
-from advbook.training.objectives import OBJECTIVES, StepContext, train_attack
+from advbook.training.objectives import StepContext, train_attack
+from advbook.training.registry import OBJECTIVES
 
 
 def test_gair_weights_follow_vir_eq2_then_are_normalised_to_mean_one():
@@ -135,6 +136,27 @@ def test_vir_at_with_unit_weights_is_cross_entropy_on_its_attack(synth, batch):
     assert torch.allclose(record["w"], torch.ones(32))
     x_adv, _ = train_attack(model, x, y, cfg, ctx, loss="ce")
     assert loss.item() == pytest.approx(F.cross_entropy(model(x_adv), y).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vir_at", "vir_trades"])
+def test_the_controls_keep_vir_s_scale_or_its_ranking_and_nothing_else(synth, batch, name):
+    from advbook.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny_cnn", num_classes=4, mean=synth.mean, std=synth.std).eval()  # eval: no BN drift
+    x, y = batch
+    ctx = StepContext(seed=3, epoch=0, index=torch.arange(32))
+    out = {use: OBJECTIVES[name].loss(model, x, y, cfg_for(name, vir_use=use), ctx) for use in ("full", "mean", "norm")}
+    full, mean, norm = (out[u][2] for u in ("full", "mean", "norm"))
+    for part in ("p_y", "S_v", "S_d"):          # the same attack, so the same parts
+        assert torch.equal(full[part], mean[part]) and torch.equal(full[part], norm[part])
+    assert torch.allclose(mean["w"], full["w"].mean().expand(32))             # one value: VIR's batch mean
+    assert norm["w"].mean().item() == pytest.approx(1.0, rel=1e-6)            # VIR's ranking at mean 1
+    assert torch.allclose(norm["w"] * full["w"].mean(), full["w"], rtol=1e-6)
+    if name == "vir_at":                         # uniform weights: the loss is the mean weight times plain CE
+        x_adv, _ = train_attack(model, x, y, cfg_for(name), ctx, loss="ce")
+        ce = F.cross_entropy(model(x_adv), y).item()
+        assert out["mean"][0].item() == pytest.approx(full["w"].mean().item() * ce, rel=1e-5)
 
 
 def test_trades_loss_is_ce_plus_beta_times_the_mean_kl(synth, batch):

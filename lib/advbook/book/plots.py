@@ -45,6 +45,8 @@ FIGURES = {
               "diagonal is each class's accuracy",
     "VIR-F3": "line plots of each class's share of the total sample weight per training epoch, one panel per "
               "reweighted defense",
+    "VIR-X1": "line plots per epoch of the learning rate, each defense's mean sample weight, and their product "
+              "(log scale), VIR-AT and VIR-TRADES beside our mean-matched and normalised controls",
 }
 
 COLUMN_INCHES = 8.0   # the widest a figure is drawn: the book's text column
@@ -224,7 +226,7 @@ def student_accuracy(results: pd.DataFrame, *, paper: pd.DataFrame | None = None
     for ax in grid[:, 0]:
         ax.set_ylabel("student accuracy (%)", fontsize=9)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=MIN_FONT)
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=MIN_FONT)
     _title(fig, title)
     return fig
 
@@ -304,5 +306,38 @@ def class_weight_lines(frames: dict, *, classes, title: str = ""):
         ax.set_ylabel("share of the total weight (%)", fontsize=9)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=5, fontsize=MIN_FONT)
+    _title(fig, title)
+    return fig
+
+
+def weight_scale_lines(frame: pd.DataFrame, *, title: str = ""):
+    """The schedule's learning rate, each method's mean sample weight, and their product per epoch
+    (``frame``: output of ``defenses.weight_scale``), the last two on a log scale, so that a mean
+    weight far from 1 shows as the change of step size it is."""
+    fig, grid, axes = _panels(3, max_cols=3, panel_height=2.6, extra_height=1.2)
+    names = list(dict.fromkeys(frame["defense"]))
+    first = frame[frame["defense"] == names[0]]
+    axes[0].plot(first["epoch"], first["lr"], color="black", marker="o", markersize=3)
+    axes[0].set_title("learning rate", fontsize=9)
+    unweighted = [n for n in names if (frame.loc[frame["defense"] == n, "mean weight"] == 1.0).all()]
+    if unweighted:   # one line for all of them, drawn first: they coincide
+        axes[1].plot(first["epoch"], [1.0] * len(first), color="black", label="unweighted: " + ", ".join(unweighted))
+        axes[2].plot(first["epoch"], first["lr"], color="black")
+    for name in (n for n in names if n not in unweighted):
+        g = frame[frame["defense"] == name]
+        style = dict(marker="o", markersize=3, linestyle="--" if name.endswith(("_mean", "_norm")) else "-")
+        axes[1].plot(g["epoch"], g["mean weight"], label=name, **style)
+        axes[2].plot(g["epoch"], g["lr x mean weight"], **style)
+    axes[1].set_title("mean sample weight", fontsize=9)
+    axes[2].set_title("lr × mean weight", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=MIN_FONT)
+        ax.grid(alpha=0.3)
+    for ax in axes[1:]:
+        ax.set_yscale("log")
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=MIN_FONT)
     _title(fig, title)
     return fig

@@ -29,13 +29,13 @@ from advbook.book.experiment import Run
 __all__ = ["ARTIFACT_ID", "write_artifact", "read_artifact", "IncompleteArtifact", "paper_result", "compare",
            "show_image", "new_figure", "paper_beside_ours"]
 
-ARTIFACT_ID = re.compile(r"^(HOL|VIR|RRM|AGK|LEC)-[FT]\d+$")
+ARTIFACT_ID = re.compile(r"^(HOL|VIR|RRM|AGK|LEC)-[FTX]\d+$")   # X: an artifact of ours, with no paper counterpart
 
 
 def _check_id(artifact_id: str) -> None:
     if not ARTIFACT_ID.match(artifact_id):
         raise ValueError(f"artifact ID {artifact_id!r} is not of the form HOL-F2, VIR-T1, ... "
-                         "(paper HOL|VIR|RRM|AGK|LEC, F or T, number); see shared/ARTIFACTS.md")
+                         "(paper HOL|VIR|RRM|AGK|LEC, F or T or X for ours, number); see shared/ARTIFACTS.md")
 
 
 def new_figure(*, width: float = 10, height: float = 4):
@@ -204,14 +204,15 @@ class CaptionedFrame(pd.DataFrame):
 
 
 def paper_beside_ours(results: pd.DataFrame, artifact_id: str, *, row: str, label: str,
-                      evaluations: list[str], rows: list[str] | None = None) -> pd.DataFrame:
+                      evaluations: list[str], rows: list[str] | None = None, ours=()) -> pd.DataFrame:
     """The paper's table (``mean ± std``) beside ours (mean, ± std when there are several seeds):
     one row per ``row`` value, a ("paper", evaluation) and ("ours", evaluation) column per
     evaluation; cells of ours that the profile did not run read "not run", and evaluations the
     paper lacks read "—". ``results`` has columns ``row``, evaluation, accuracy and seed.
 
     The headers stay short; ``label`` (what "ours" is: profile, dataset, model, seeds) and the
-    paper's source are said once, in the table's caption (a ``CaptionedFrame``)."""
+    paper's source are said once, in the table's caption (a ``CaptionedFrame``). Rows named in
+    ``ours`` (our controls, which the paper does not have) are labelled "(ours)"."""
     caption = _beside_caption(artifact_id, label)
     label = "ours"
     pt = _paper_frame(artifact_id, row)
@@ -232,6 +233,7 @@ def paper_beside_ours(results: pd.DataFrame, artifact_id: str, *, row: str, labe
     frame = frame.astype(object)        # all-missing columns are float; the fill below is text
     for col in frame.columns:
         frame[col] = frame[col].fillna("—" if col[0] == "paper" else "not run")
+    frame.index = [f"{r} (ours)" if r in set(ours) else r for r in frame.index]
     frame = CaptionedFrame(frame)
     frame.caption = caption
     return frame

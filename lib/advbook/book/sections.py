@@ -20,8 +20,8 @@ from advbook.core.paths import repo_root
 __all__ = ["generate", "load", "write", "render", "MAP_FILE"]
 
 MAP_FILE = Path(__file__).with_name("sections.toml")
-_ID = re.compile(r'"((?:HOL|VIR|RRM|AGK|LEC)-[FT]\d+)"')
-_WRITES = re.compile(r'(?:write_artifact|table_with_claims|verdicts\.show)\(\s*run,\s*"((?:HOL|VIR|RRM|AGK|LEC)-[FT]\d+)"')
+_ID = re.compile(r'"((?:HOL|VIR|RRM|AGK|LEC)-[FTX]\d+)"')
+_WRITES = re.compile(r'(?:write_artifact|table_with_claims|verdicts\.show)\(\s*run,\s*"((?:HOL|VIR|RRM|AGK|LEC)-[FTX]\d+)"')
 
 
 def _aliases(tree: ast.AST) -> dict[str, str]:

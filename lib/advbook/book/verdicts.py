@@ -29,7 +29,9 @@ SECTIONS = {"HOL-F2": "hol-ddb", "HOL-F3": "hol-toy", "HOL-T1": "hol-freq", "HOL
 
 
 def _expand_paper_best(claim: dict) -> list[dict]:
-    """One claim per evaluation of the paper's table: its best row there must be the best here."""
+    """One claim per evaluation of the paper's table: its best row there must be the best here, among
+    the rows the paper has (rows of ours alone, such as the controls of the VIR ablations, are shown
+    beside them but are no rivals of a claim about the paper's table)."""
     paper = report.paper_result(claim["artifact"])
     rows = pd.DataFrame(paper["rows"], columns=paper["columns"])
     value = "mean" if "mean" in rows else rows.columns[-1]
@@ -44,7 +46,9 @@ def _expand_paper_best(claim: dict) -> list[dict]:
         where["evaluation"] = name
         if dataset:
             where["dataset"] = dataset
+        rivals = claim.get("rivals") or list(dict.fromkeys(rows.iloc[:, 0]))   # the paper's rows, not our controls
         out.append({**claim, "id": f"{claim['id']}.{evaluation}", "rule": "paired_best", "winner": winner,
+                    "rivals": rivals,
                     "where": where, "paper_rule": "paper_best",
                     "statement": f"{claim['statement'].split(':')[0]}: under {evaluation}, the paper's best "
                                  f"{claim['unit']} ({winner}, {best.iloc[0][value]:.2f}%) is also the best here."})

@@ -44,7 +44,7 @@ from advbook.core import cache
 from advbook.attacks.core import linf_start, margin, pgd, sign_ascent
 from advbook.attacks.mde import md_attack, md_targets
 from advbook.attacks.spsa import spsa_attack
-from advbook.training.objectives import in_eval_mode
+from advbook.training.framework import in_eval_mode
 
 __all__ = ["EVALUATIONS", "EVAL_CODE_VERSION", "AA_PARTS", "AA_STANDARD", "MDE_PARTS", "evaluate", "cw_loss",
            "EvalResult", "pgd_predictions", "display_name", "code_version", "valid_settings"]

@@ -15,10 +15,10 @@ import torch
 
 
 from advbook.data.cifar import Dataset, balanced_subset
-from advbook.training.objectives import OBJECTIVES
-from advbook.training.train import TrainConfig, TrainedModel, train_model
+from advbook.training.registry import OBJECTIVES
+from advbook.training.train import TrainConfig, TrainedModel, lr_per_epoch, train_model
 
-__all__ = ["DEFENSES", "defense_config", "train_defenses", "class_weight_sums"]
+__all__ = ["DEFENSES", "CONTROLS", "paper_only", "weight_scale", "defense_config", "train_defenses", "class_weight_sums"]
 
 # defense -> (objective, its hyperparameters: VIR §5.3 and the methods' reference codes)
 DEFENSES: dict[str, tuple[str, dict]] = {
@@ -27,10 +27,18 @@ DEFENSES: dict[str, tuple[str, dict]] = {
     "trades": ("trades", {}),
     "mart": ("mart", {"mart_beta": 5.0}),
     "gairat": ("gairat", {"gair_lambda": -1.0}),
-    "mail_at": ("mail_at", {"mail_bias": -1.5, "mail_slope": 1.0}),
+    "mail_at": ("mail_at", {"mail_bias": -0.5, "mail_slope": 10.0}),   # MAIL README.md:55 (was -1.5, 1.0)
     "vir_at": ("vir_at", {"vir_alpha": 7.0, "vir_gamma": 10.0, "vir_beta": 0.007}),
     "vir_trades": ("vir_trades", {"vir_alpha": 8.0, "vir_gamma": 3.0, "vir_beta": 1.6}),
 }
+# Our controls (not the paper's): the same VIR runs with each sample's weight replaced by the batch
+# mean of VIR's weights ("_mean": VIR's loss scale without the reweighting) or divided by it
+# ("_norm": the reweighting without the change of scale). They fork from the same burn-in.
+CONTROLS: dict[str, tuple[str, dict]] = {
+    f"{name}_{use}": (objective, {**hyper, "vir_use": use})
+    for name, (objective, hyper) in list(DEFENSES.items()) if name in ("vir_at", "vir_trades")
+    for use in ("mean", "norm")}
+DEFENSES.update(CONTROLS)
 
 
 def defense_config(name: str, params: dict, **overrides) -> TrainConfig:
@@ -127,6 +135,30 @@ def weight_summary(sums: dict[str, pd.DataFrame], records: pd.DataFrame, *, clas
     return pd.DataFrame(rows).set_index("defense") if rows else pd.DataFrame()
 
 
+def paper_only(names) -> list[str]:
+    """``names`` without our controls (:data:`CONTROLS`): the defenses the paper compares."""
+    return [n for n in names if n not in CONTROLS]
+
+
+def weight_scale(models: dict[str, TrainedModel], *, names, params: dict) -> pd.DataFrame:
+    """Per defense and epoch: the learning rate of the schedule, the mean recorded sample weight
+    (1 where nothing is reweighted: the burn-in and the unweighted methods) and their product, the
+    step size the average sample's loss actually gets. ``params`` is the ``vir_main`` set the
+    models were trained with (their schedule and training-set size)."""
+    rows = []
+    for name in names:
+        if name not in models:
+            continue
+        cfg = defense_config(name, params)
+        n_train = params["train_per_class"] * models[name].model.head.out_features
+        records = models[name].records()
+        for epoch, lr in enumerate(lr_per_epoch(cfg, n_train=n_train)):
+            done = epoch + 1    # records are keyed by the number of epochs done
+            w = float(records[done]["w"].double().mean()) if done in records else 1.0
+            rows.append({"defense": name, "epoch": epoch + 1, "lr": lr, "mean weight": w, "lr x mean weight": lr * w})
+    return pd.DataFrame(rows)
+
+
 def ablation_variants(params: dict) -> dict[str, dict[str, tuple[str, dict]]]:
     """The variants of the VIR ablation tables chosen in ``params["tables"]`` (a ``vir_ablation``
     parameter set): table -> {row label: (defense, overrides)}. Rows not varied keep the paper's
@@ -134,9 +166,10 @@ def ablation_variants(params: dict) -> dict[str, dict[str, tuple[str, dict]]]:
     at, trades = DEFENSES["vir_at"][1], DEFENSES["vir_trades"][1]
     tables = {
         "T6": {"plain": ("at", {}), "sv": ("vir_at", {"vir_use": "sv"}), "sd": ("vir_at", {"vir_use": "sd"}),
-               "full": ("vir_at", {})},
+               "full": ("vir_at", {}), "mean (ours)": ("vir_at_mean", {}), "norm (ours)": ("vir_at_norm", {})},
         "T7": {"plain": ("trades", {}), "sv": ("vir_trades", {"vir_use": "sv"}),
-               "sd": ("vir_trades", {"vir_use": "sd"}), "full": ("vir_trades", {})},
+               "sd": ("vir_trades", {"vir_use": "sd"}), "full": ("vir_trades", {}),
+               "mean (ours)": ("vir_trades_mean", {}), "norm (ours)": ("vir_trades_norm", {})},
         "T9": {f"beta={b:g}": ("vir_at", {"vir_beta": b}) for b in params["at_betas"]},
         "T10": {f"beta={b:g}": ("vir_trades", {"vir_beta": b}) for b in params["trades_betas"]},
         "T11": {**{f"alpha={a:g},gamma={at['vir_gamma']:g}": ("vir_at", {"vir_alpha": a}) for a in params["at_alphas"]},

@@ -18,86 +18,27 @@ own fields only, so adding an objective or a field leaves the cached models of t
 
 A reweighting method names a ``base`` objective: during its burn-in (epochs before its
 ``reweight_from``) the loop runs the base objective itself, with the base's configuration made
-of the same keywords (:func:`base_hyper`), so the first epochs of, say, VIR-AT and PGD-AT are
+of the same keywords (:func:`advbook.training.registry.base_hyper`), so the first epochs of, say, VIR-AT and PGD-AT are
 the same computation and one cached burn-in serves both.
 
 Where a method's paper and its reference code differ, we follow the code (see each function).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from advbook.training import reweight
+from advbook.training.framework import (Objective, StepContext, check_registry, hyper_keywords, in_eval_mode,
+                                        keywords, kw_field)
 from advbook.attacks.core import linf_start, pgd, sign_ascent
 from advbook.attacks.threats import THREATS
 
 __all__ = ["StepContext", "Objective", "OBJECTIVES", "kd_loss", "train_attack", "in_eval_mode", "kw_field", "keywords",
-           "hyper_keywords", "base_hyper", "StandardConfig", "AttackConfig", "PGDATConfig", "KDConfig",
+           "hyper_keywords", "StandardConfig", "AttackConfig", "PGDATConfig", "KDConfig",
            "TRADESConfig", "MARTConfig", "GAIRATConfig", "MAILConfig", "VIRConfig", "VIRTRADESConfig"]
-
-
-@contextlib.contextmanager
-def in_eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Run the block with ``model`` in eval mode, then give every submodule back the mode it had
-    (train or eval), even if the block raises: an objective's attack must not change the mode
-    the training loop (or a test) set."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-@dataclasses.dataclass(frozen=True)
-class StepContext:
-    seed: int                               # for the objective's own randomness (attack starts)
-    epoch: int                              # 0-based
-    index: torch.Tensor                     # the batch's positions in the training split
-    teacher: torch.nn.Module | None = None  # eval mode, same device as the batch
-
-
-def kw_field(keyword: str, default: Any, *, init: bool = True):
-    """A configuration field whose keyword (flat name, see the module docstring) is ``keyword``;
-    ``init=False``: a fixed property of the method, in the key but not a setting."""
-    return dataclasses.field(default=default, init=init, metadata={"keyword": keyword})
-
-
-def keywords(config: type) -> dict[str, str]:
-    """The settings of a configuration class: keyword -> field name (fixed fields left out)."""
-    return {f.metadata["keyword"]: f.name for f in dataclasses.fields(config) if f.init}
-
-
-def hyper_keywords(hyper) -> dict[str, Any]:
-    """Every field of a configuration (fixed ones too) by its keyword: its part of the cache key."""
-    return {f.metadata["keyword"]: getattr(hyper, f.name) for f in dataclasses.fields(hyper)}
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-    loss: Callable
-    config: type                   # its frozen configuration class: TrainConfig.hyper is one
-    needs_teacher: bool = False
-    base: str | None = None        # objective run during the burn-in (epochs < hyper.reweight_from)
-
-    @property
-    def keywords(self) -> tuple[str, ...]:
-        """The keywords of its settings, in field order."""
-        return tuple(keywords(self.config))
-
-
-def base_hyper(objective: str, hyper):
-    """The configuration of ``objective``'s base made of ``hyper``'s fields with the same keywords
-    (VIR-AT's attack settings for PGD-AT; VIR-TRADES' attack and ``trades_beta`` for TRADES)."""
-    base = OBJECTIVES[OBJECTIVES[objective].base].config
-    flat = hyper_keywords(hyper)
-    return base(**{name: flat[k] for k, name in keywords(base).items()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,8 +216,8 @@ def _gairat(model, x, y, cfg, ctx):
 
 @dataclasses.dataclass(frozen=True)
 class MAILConfig(AttackConfig):
-    bias: float = kw_field("mail_bias", -1.5)  # as in MAIL's reference code
-    slope: float = kw_field("mail_slope", 1.0)
+    bias: float = kw_field("mail_bias", -0.5)   # MAIL's README, MAIL-AT command (see reweight.py)
+    slope: float = kw_field("mail_slope", 10.0)
     reweight_from: int = kw_field("reweight_from", 0)  # PGD-AT before this epoch (0-based)
 
 
@@ -289,7 +230,13 @@ def _mail_at(model, x, y, cfg, ctx):
     return (F.cross_entropy(logits_adv, y, reduction="none") * w).mean(), logits_adv, record
 
 
-VIR_USE = {"full": lambda p: p["w"], "sv": lambda p: p["S_v"], "sd": lambda p: p["S_d"]}
+# Which weight multiplies each sample's loss. "full" is VIR's w = S_v S_d + beta; "sv" and "sd" use one
+# factor alone (the ablations of VIR Tables 6-7). The last two are our controls, not the paper's:
+# "mean" gives every sample the batch mean of VIR's weights (the same loss scale as VIR, no
+# reweighting), "norm" divides VIR's weights by their batch mean (the reweighting without the change
+# of scale, as GAIRAT's code normalises its weights). Both are detached values, like w itself.
+VIR_USE = {"full": lambda p: p["w"], "sv": lambda p: p["S_v"], "sd": lambda p: p["S_d"],
+           "mean": lambda p: p["w"].mean().expand_as(p["w"]).clone(), "norm": lambda p: p["w"] / p["w"].mean()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,7 +245,7 @@ class VIRConfig(AttackConfig):
     alpha: float = kw_field("vir_alpha", 7.0)
     gamma: float = kw_field("vir_gamma", 10.0)
     beta: float = kw_field("vir_beta", 0.007)
-    use: str = kw_field("vir_use", "full")  # "full" w = S_v S_d + beta, or "sv" / "sd" alone (ablations)
+    use: str = kw_field("vir_use", "full")  # see VIR_USE: full, sv, sd (ablations), mean, norm (our controls)
     reweight_from: int = kw_field("reweight_from", 0)  # the base objective before this epoch (0-based)
 
     def __post_init__(self):
@@ -340,6 +287,8 @@ def _vir_trades(model, x, y, cfg, ctx):
     return F.cross_entropy(logits, y) + cfg.hyper.trades_beta * (w * kl).mean(), logits, parts
 
 
+# The objectives of the HOL and VIR chapters; :data:`advbook.training.registry.OBJECTIVES` adds the
+# other chapters' and is the one the training loop reads.
 OBJECTIVES: dict[str, Objective] = {
     "standard": Objective(_standard, config=StandardConfig),
     "pgd_at": Objective(_pgd_at, config=PGDATConfig),
@@ -351,26 +300,6 @@ OBJECTIVES: dict[str, Objective] = {
     "vir_at": Objective(_vir_at, config=VIRConfig, base="pgd_at"),
     "vir_trades": Objective(_vir_trades, config=VIRTRADESConfig, base="trades"),
 }
-
-
-def check_registry(objectives: dict[str, Objective]) -> None:
-    """What the loop relies on: every configuration is a frozen dataclass whose fields all have a
-    keyword, a base is registered and has no base itself, and a reweighting configuration has
-    ``reweight_from`` and every setting of its base's (so a burn-in never falls back on a default
-    of the base)."""
-    for name, o in objectives.items():
-        params = getattr(o.config, "__dataclass_params__", None)
-        if params is None or not params.frozen or any("keyword" not in f.metadata
-                                                      for f in dataclasses.fields(o.config)):
-            raise ValueError(f"objective {name!r}: its config must be a frozen dataclass of keyword fields (kw_field)")
-        if o.base is None:
-            continue
-        if o.base not in objectives or objectives[o.base].base is not None:
-            raise ValueError(f"objective {name!r}: base {o.base!r} must be a registered objective without a base")
-        missing = ({"reweight_from"} | set(keywords(objectives[o.base].config))) - set(hyper_keywords(o.config()))
-        if missing:
-            raise ValueError(f"objective {name!r}: {o.config.__name__} lacks {', '.join(sorted(missing))}, "
-                             f"needed for the burn-in with its base {o.base!r}")
 
 
 check_registry(OBJECTIVES)

@@ -9,8 +9,11 @@ so that they can be tested on hand-computed cases and recorded for audit.
   weights to mean 1 over the batch. We follow the code.
 * MAIL (Wang et al., 2021), VIR Eq. 3–4: ``sigmoid(-slope (PM - bias))`` in the paper's notation
   with ``PM = p_y(x') - max_{j != y} p_j(x')``. The reference code (``mail_loss.py``) computes
-  ``sigmoid(slope (max_{j != y} p_j - p_y + bias))`` — the same function with ``bias`` of the
-  opposite sign (default ``-1.5``) — and multiplies by 3 instead of normalising. We follow the code.
+  ``sigmoid(slope (max_{j != y} p_j - p_y + bias))``, which is the same function with the same
+  sign of ``bias``, and multiplies by 3 instead of normalising. We follow the code, with the
+  settings of its README's MAIL-AT command (``--bias -0.5 --slope 10``, README.md line 55 at
+  commit 8367c64), not ``train.py``'s argparse defaults (-1.5 and 1.0, lines 57-60), which serve
+  its default method ``trades_mail``.
 * VIR (Fakorede et al., 2023), Eq. 5–7: ``S_v = alpha exp(-gamma p_y(x))`` on the natural
   input, ``S_d = KL(f(x) || f(x'))`` per sample, ``w = S_v S_d + beta``. No reference code is
   public; we follow the paper and return the parts for audit.

@@ -24,9 +24,10 @@ from advbook.core import cache
 from advbook.data.cifar import Dataset, balanced_subset, to_float
 from advbook.models.predict import predict
 from advbook.models.zoo import Classifier, build_model
-from advbook.training.objectives import OBJECTIVES, StepContext, base_hyper, hyper_keywords, keywords
+from advbook.training.framework import StepContext, hyper_keywords, keywords
+from advbook.training.registry import OBJECTIVES, base_hyper
 
-__all__ = ["TrainConfig", "SCHEDULE", "TrainedModel", "train_model", "trained_for", "augment", "predict", "model_key",
+__all__ = ["TrainConfig", "SCHEDULE", "lr_per_epoch", "TrainedModel", "train_model", "trained_for", "augment", "predict", "model_key",
            "OBJECTIVES"]
 
 TRAIN_CODE_VERSION = 2  # bump when the loop changes in a way that changes the weights
@@ -148,6 +149,16 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     if step < peak:
         return cfg.lr * (step + 1) / peak
     return cfg.lr * max(0.0, (total - step) / max(1, total - peak))
+
+
+def lr_per_epoch(cfg: TrainConfig, *, n_train: int) -> list[float]:
+    """The mean learning rate of each epoch's steps under ``cfg``'s one-cycle schedule, for
+    ``n_train`` training images (the steps the loop takes: one per batch, the last one partial)."""
+    if n_train < 1:
+        raise ValueError(f"n_train must be >= 1, got {n_train}")
+    steps = (n_train + cfg.batch_size - 1) // cfg.batch_size
+    total = cfg.epochs * steps
+    return [sum(_lr_at(e * steps + b, total, cfg) for b in range(steps)) / steps for e in range(cfg.epochs)]
 
 
 def model_key(*, model_name: str, dataset: Dataset, train_index: torch.Tensor | None,
