@@ -1,9 +1,10 @@
-"""Command line: run notebooks with a profile and overrides, show parameters, manage the cache.
+"""Command line: run notebooks with overrides, show parameters, manage the cache, write student notebooks.
 
     advbook run hol_ddb --profile cpu --set eps=4/255 --set n_samples=500
     advbook run all --profile smoke
     advbook params hol_ddb --profile paper
     advbook cache info | advbook cache clear [--only data|models]
+    advbook student [--out DIR]     # the notebooks with their solutions removed, for a course
 
 Parameters, the device and the data setting are checked before anything runs; a notebook is
 executed by papermill into ``book/executed/`` (what the book renders) and replaces the previous
@@ -323,6 +324,21 @@ def _cmd_cache(args) -> int:
     return 0
 
 
+def _cmd_student(args) -> int:
+    from advbook.book import course
+
+    root = repo_root()
+    out = args.out if args.out is not None else root / "_build" / "student"
+    try:
+        written = course.write_student_notebooks(course.source_notebooks(root), out=out)
+    except ValueError as exc:
+        print(f"advbook: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"advbook: wrote {len(written)} student notebooks to {out} "
+          f"({sum(n for _, n in written)} solutions removed)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="advbook", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -342,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("action", choices=("info", "clear"))
     c.add_argument("--only", choices=("data", "models", "evals"), help="clear only this part")
     c.set_defaults(func=_cmd_cache)
+    student = sub.add_parser("student", help="write the notebooks without their solutions (exercises kept)")
+    student.add_argument("--out", type=Path, metavar="DIR",
+                         help="folder for the student notebooks (default: _build/student)")
+    student.set_defaults(func=_cmd_student)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
