@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -22,11 +21,10 @@ import pytest
 from scipy import stats as st
 
 from advbook.analysis import claims, stats
-from advbook.book import report, verdicts
+from advbook.book import report, tomls, verdicts
 
 CTX = claims.Context(profile="fast", dataset="cifar10", seeds=(0,))
 EVALUATIONS = ("natural", "fgsm", "pgd", "cw", "fmn", "autoattack", "mde")
-CLAIMS_TOML = Path(verdicts.__file__).with_name("claims.toml")
 ARTIFACTS_MD = Path(__file__).resolve().parents[2] / "shared" / "ARTIFACTS.md"
 
 
@@ -481,8 +479,7 @@ def test_verdict_line_of_a_decided_claim_and_of_not_run():
 # ---------------------------------------------------------------------------------------------
 
 def raw_claims() -> list[dict]:
-    with open(CLAIMS_TOML, "rb") as f:
-        return tomllib.load(f)["claim"]
+    return tomls.load("claims")["claim"]
 
 
 def test_claims_file_is_well_formed():

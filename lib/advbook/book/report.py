@@ -18,12 +18,12 @@ dependence) and shown in notebooks as PNG images, so the book embeds them as ``<
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pandas as pd
 
 from advbook.core import cache
+from advbook.book import tomls
 from advbook.book.experiment import Run
 
 __all__ = ["ARTIFACT_ID", "write_artifact", "read_artifact", "IncompleteArtifact", "paper_result", "compare",
@@ -115,8 +115,7 @@ def read_artifact(folder: str | Path, artifact_id: str) -> dict[str, Path]:
 def paper_result(artifact_id: str) -> dict:
     """What the paper reports for ``artifact_id`` (``cite``, ``claims``, ``columns``/``rows``)."""
     _check_id(artifact_id)
-    with open(Path(__file__).with_name("paper_results.toml"), "rb") as f:
-        table = tomllib.load(f)
+    table = tomls.load("paper_results")
     if artifact_id not in table:
         raise KeyError(f"no paper result recorded for {artifact_id}; recorded: {', '.join(table)}")
     return table[artifact_id]

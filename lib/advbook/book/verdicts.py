@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from pathlib import Path
 
 import pandas as pd
 
 from advbook.analysis import claims as engine
-from advbook.book import report
+from advbook.book import report, tomls
 from advbook.core import cache
 
 __all__ = ["load_claims", "artifact_tables", "context", "decide_artifact", "show", "claims_table", "SECTIONS",
@@ -57,8 +56,7 @@ def _expand_paper_best(claim: dict) -> list[dict]:
 
 def load_claims(artifact_id: str | None = None) -> list[dict]:
     """The claims of ``claims.toml`` (``paper_best`` entries expanded), of one artifact or all."""
-    with open(Path(__file__).with_name("claims.toml"), "rb") as f:
-        raw = tomllib.load(f)["claim"]
+    raw = tomls.load("claims")["claim"]
     out = []
     for c in raw:
         if artifact_id is not None and c["artifact"] != artifact_id:
