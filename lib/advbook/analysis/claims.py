@@ -427,10 +427,137 @@ def flag_precision_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
     return _verdict(claim, ctx, outcome, head, why, list(zip(labels, tests)), level=level)
 
 
+GAPS = ("standard", "robust")   # gap_trend's gaps: Raghunathan et al. 2019 Fig. 1, and the lecture's wording
+_EPS_RTOL = 1e-3   # a claim's eps matches a run's when this close: 4 digits of 1/255 suffice, grids differ by far more
+
+
+def _gap_flags(frame: pd.DataFrame, *, n, eps: float, gap: str, pair_on: list[str]) -> pd.DataFrame | None:
+    """The two per-image flag columns whose accuracy difference ``ref - cmp`` is the gap at size ``n``:
+    the standard model's clean flags and the AT model's clean flags (``gap = "standard"``), or the AT
+    model's clean flags and its flags under PGD at its own eps (``"robust"``). None if one is missing."""
+    def vector(train_eps, evaluation, eval_eps):
+        rows = frame[(frame["n"] == n) & (frame["evaluation"] == evaluation)
+                     & np.isclose(frame["train_eps"], train_eps, rtol=_EPS_RTOL, atol=0)
+                     & np.isclose(frame["eval_eps"], eval_eps, rtol=_EPS_RTOL, atol=0)]
+        if rows.duplicated(pair_on).any():
+            raise ValueError(f"several rows for one image at n={n}, train_eps={train_eps:g}, {evaluation} "
+                             f"eps={eval_eps:g}; add the column that tells them apart to the claim's where or pair_on")
+        return rows.set_index(pair_on)["correct"].astype(bool)
+    ref, cmp = ((vector(0.0, "natural", 0.0), vector(eps, "natural", 0.0)) if gap == "standard"
+                else (vector(eps, "natural", 0.0), vector(eps, "pgd", eps)))
+    if not len(ref) or not len(cmp):
+        return None
+    return pd.concat({"ref": ref, "cmp": cmp}, axis=1, join="inner")
+
+
+def _shrink(r_s, c_s, r_l, c_l):
+    """Gap at the small size minus gap at the large one, in points, row by row (a gap is the accuracy
+    of ``ref`` minus that of ``cmp``, i.e. the error of ``cmp`` minus that of ``ref``)."""
+    return 100 * ((r_s - c_s) - (r_l - c_l)).mean(-1)
+
+
+def gap_trend(claim: dict, tables: dict, ctx: Context) -> Verdict:
+    """The gap shrinks with the training set: gap(``small``) - gap(``large``) > 0 for every eps.
+
+    The gap (``gap = "standard"``, the default) is the clean error of the PGD-trained model minus that
+    of the standard model trained on the same images, Raghunathan et al. (2019), Fig. 1; with
+    ``gap = "robust"`` it is the AT model's error under PGD at its own eps minus its clean error, the
+    lecture's wording. The table is LEC-T1's long flags frame (columns n, train_eps, eval_eps,
+    evaluation, index, correct, optionally seed; :func:`advbook.evaluation.tradeoff.tradeoff_flags`).
+
+    A difference in differences on the same test images: the four flag vectors (two models at each
+    size) are resampled together, image by image, in a paired percentile bootstrap (``n_resamples``,
+    seeded by ``seed``). Settings: ``small`` and ``large`` (sizes; default the smallest and largest
+    in the table), ``eps`` (one training eps, a list, or ``"all"``, the default), ``gap``. With
+    several eps the intervals are simultaneous (Bonferroni) and the p-values Holm-adjusted. Holds when
+    every interval lies above 0; does not hold when any lies below 0; else inconclusive, with the
+    number of images that would decide the least decided eps. The interval is over test images
+    for the models trained: training seeds vary the gap too, which only several seeds can show."""
+    frame = _table(claim, tables)
+    gap = claim.get("gap", "standard")
+    if gap not in GAPS:
+        raise ValueError(f"claim {claim.get('id')!r}: unknown gap {gap!r}; valid: {', '.join(GAPS)}")
+    if frame is None or not len(frame):
+        return not_run(claim, ctx, claim.get("empty", "not run in this profile"))
+    sizes = sorted(frame["n"].unique())
+    small, large = claim.get("small", sizes[0]), claim.get("large", sizes[-1])
+    if not small < large:
+        raise ValueError(f"claim {claim.get('id')!r}: small must be below large, got {small} and {large}")
+    missing = [s for s in (small, large) if s not in sizes]
+    if missing:
+        return not_run(claim, ctx, f"training-set size {', '.join(map(str, missing))} was not run in this profile "
+                       f"(run: {', '.join(map(str, sizes))})")
+    trained = sorted(frame.loc[frame["train_eps"] > 0, "train_eps"].unique())
+    wanted = trained if claim.get("eps", "all") == "all" else [float(e) for e in np.atleast_1d(claim["eps"])]
+    absent = [e for e in wanted if not any(math.isclose(e, t, rel_tol=_EPS_RTOL) for t in trained)]
+    if not wanted or absent:
+        return not_run(claim, ctx, f"no model was trained at eps {', '.join(f'{e:g}' for e in absent) or 'above 0'} "
+                       "in this profile")
+    pair_on = claim.get("pair_on", ["seed", "index"] if "seed" in frame else ["index"])
+    level = simultaneous(len(wanted))
+    labels, tests, shrinks, notes = [], [], [], []
+    for eps in wanted:
+        at_small = _gap_flags(frame, n=small, eps=eps, gap=gap, pair_on=pair_on)
+        at_large = _gap_flags(frame, n=large, eps=eps, gap=gap, pair_on=pair_on)
+        if at_small is None or at_large is None:
+            return not_run(claim, ctx, f"the flags of the {gap} gap at eps {eps:g} are missing for n = {small} "
+                           f"or {large}")
+        both = pd.concat({"s": at_small, "l": at_large}, axis=1, join="inner")
+        cols = [both[k].to_numpy(np.int8) for k in (("s", "ref"), ("s", "cmp"), ("l", "ref"), ("l", "cmp"))]
+        g_small = 100 * float(np.mean(cols[0] - cols[1])) if len(both) else math.nan
+        g_large = 100 * float(np.mean(cols[2] - cols[3])) if len(both) else math.nan
+        t = stats.paired_bootstrap(_shrink, *cols, vectorized=True, level=level, seed=int(claim.get("seed", 0)),
+                                   n_resamples=int(claim.get("n_resamples", 2000)))
+        note = f"gap {g_small:+.1f} at n = {small}, {g_large:+.1f} at n = {large} (points)"
+        tests.append(dataclasses.replace(t, name=f"gap shrink, n = {small} minus n = {large} (points)", detail=note))
+        shrinks.append((cols[0] - cols[1]) - (cols[2] - cols[3]))
+        labels.append(f"eps {eps * 255:.3g}/255, {gap} gap")
+        notes.append(f"eps {eps * 255:.3g}/255: {note}")
+    if not any(t.n for t in tests):
+        return not_run(claim, ctx, "no test image was evaluated by all four models")
+    adjusted = stats.holm([t.p for t in tests])
+    tests = [dataclasses.replace(t, p=p) for t, p in zip(tests, adjusted)]
+    ahead = [t.low > 0 and t.p < ALPHA for t in tests]
+    behind = [t.high < 0 and t.p < ALPHA for t in tests]
+    if all(ahead):
+        outcome, why = "holds", f"the gap shrinks significantly at every eps ({len(tests)}, Holm)."
+    elif any(behind):
+        outcome, why = "does not hold", f"the gap grows significantly at {sum(behind)} of {len(tests)} eps (Holm)."
+    else:
+        outcome = "inconclusive"
+        why = (f"significant shrinking at {sum(ahead)} of {len(tests)} eps, growth at none. "
+               + _shrink_hint(tests, shrinks, labels, seeds=len(ctx.seeds)))
+    finite = [i for i, t in enumerate(tests) if math.isfinite(t.estimate)]
+    head = min(finite, key=lambda i: tests[i].estimate) if finite else 0
+    name = (tests[head].name if len(tests) == 1
+            else f"smallest gap shrink over eps, n = {small} minus n = {large} (points)")
+    return _verdict(claim, ctx, outcome, dataclasses.replace(tests[head], name=name),
+                    f"{'; '.join(notes)}. {why}", list(zip(labels, tests)), level=level)
+
+
+def _shrink_hint(tests: list[stats.Test], shrinks: list[np.ndarray], labels: list[str], *, seeds: int) -> str:
+    """How many test images would decide the least decided eps (largest p), if its shrink is real:
+    the normal-approximation size for the mean of the per-image differences in differences."""
+    open_ = [i for i, t in enumerate(tests) if t.n > 1 and math.isfinite(t.estimate)]
+    if not open_:
+        return ""
+    i = max(open_, key=lambda j: tests[j].p if math.isfinite(tests[j].p) else 1.0)
+    t, seeds = tests[i], max(1, seeds)
+    need = stats.mean_sample_size(difference=t.estimate, sd=100 * float(np.std(shrinks[i], ddof=1)),
+                                  alpha=ALPHA / len(tests))
+    if need < 0:
+        return f"At {labels[i]} the two gaps are level: no number of images would decide it."
+    per = f" per seed ({seeds} seeds pooled)" if seeds > 1 else ""
+    side = "for" if t.estimate > 0 else "against"
+    return (f"If the shrink at {labels[i]} ({t.estimate:+.1f} points) is real, about {math.ceil(need / seeds):,} "
+            f"test images{per} (now {t.n // seeds:,}) would decide it, {side} the claim, at 80% power.")
+
+
 RULES: dict[str, Callable[[dict, dict, Context], Verdict]] = {
     "paired_best": paired_best, "paper_best": paper_best, "within_model": within_model,
     "correlation": correlation, "window_spread": window_spread, "ratio_above": ratio_above,
     "group_difference": group_difference, "flag_precision_best": flag_precision_best,
+    "gap_trend": gap_trend,
 }
 
 

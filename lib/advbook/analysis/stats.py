@@ -25,7 +25,7 @@ import numpy as np
 from scipy import stats as _st
 
 __all__ = ["Test", "mcnemar", "paired_bootstrap", "spearman", "group_difference", "holm",
-           "mcnemar_sample_size", "spearman_sample_size", "bootstrap_mean"]
+           "mcnemar_sample_size", "spearman_sample_size", "bootstrap_mean", "mean_sample_size"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,3 +177,13 @@ def spearman_sample_size(*, rho: float, threshold: float, alpha: float = 0.05, p
     if gap == 0 or not math.isfinite(gap):
         return -1
     return int(math.ceil((1 + rho * rho / 2) * ((_z(1 - alpha) + float(_st.norm.ppf(power))) / gap) ** 2 + 3))
+
+
+def mean_sample_size(*, difference: float, sd: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Units (images) needed for a two-sided interval of a mean of per-unit values with standard
+    deviation ``sd`` to exclude zero with probability ``power`` when the true mean is ``difference``
+    (normal approximation: ``((z_{1-alpha/2} + z_power) * sd / difference)^2``); -1 when it is level."""
+    d = abs(difference)
+    if d == 0 or not math.isfinite(d) or not math.isfinite(sd):
+        return -1
+    return int(math.ceil(((_z(1 - alpha) + float(_st.norm.ppf(power))) * sd / d) ** 2))
