@@ -23,8 +23,11 @@ Choices, and what we do:
 * **Interpolation** is ``grid_sample`` on the (N, 3, K, K, K) volume with ``align_corners=True``
   (the corners of the volume are the control points at colour values 0 and 1), identical to
   ReColorAdv's hand-written trilinear gather.
-* **Optimisation**: ReColorAdv minimises the CW loss (κ = 0) plus 0.05 × a smoothness penalty on the
-  grid with Adam; we keep the CW margin Z_y − max_{i≠y} Z_i and run L-inf PGD on the shifts: sign
+* **Colour space and optimisation**: ReColorAdv's reference setting (``recoloradv.utils``) works in
+  CIELUV on a 16 × 32 × 32 grid with a bound of 0.06 per channel and runs 100 Adam steps (lr 0.001) on
+  the CW margin plus 0.05 × the grid's smoothness (differences between neighbouring control points).
+  We stay in RGB (its default colour space, so the budget reads in pixel units) and keep the CW
+  margin Z_y − max_{i≠y} Z_i without the smoothness term, minimised by L-inf PGD on the shifts: sign
   steps of ``step_size`` (default 2.5 · eps / steps, the rule of Madry et al.), each followed by the
   projection on the budget and the gamut, from the identity. Without the smoothness term nearby
   colours may move in different directions; the L-inf bound still limits how far.

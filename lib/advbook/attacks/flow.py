@@ -32,7 +32,9 @@ Choices the paper leaves open, and what we do:
   zero flow L-BFGS needs a small ``tau`` or many steps before it moves; Adam's normalised steps do not. Adam is
   elementwise, so each image's flow follows its own problem; L-BFGS solves the batch's *sum* as one
   problem (shared curvature pairs and line search), so a sample's result depends on its batch.
-  The flow starts at zero; τ = 0.05 is the paper's value.
+  The flow starts at zero, the clean image (rakutentech/stAdv's demo starts from a random flow);
+  τ = 0.05 is the value the paper reports. (ReColorAdv's combined attacks use the other classic
+  form: an L-inf bound on the flow, 0.05 in normalised units, instead of the penalty.)
 * **What is returned**: every iterate is checked; each sample keeps the misclassified iterate with
   the smallest L_flow (the CW habit: the objective's trade-off point is not always the least visible
   success); a sample never misclassified keeps the last iterate. ``steps`` is the first iterate
