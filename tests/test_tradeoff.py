@@ -224,6 +224,9 @@ def test_models_and_flags_end_to_end_and_from_the_cache(synth, fresh_cache):
     assert (wide[("pgd", 8 / 255)] <= wide[("natural", 0.0)]).all()   # only clean-correct images are robust
     table = tradeoff.gap_table(flags)
     assert table[["n", "eps", "images"]].values.tolist() == [[40, 8 / 255, 40], [80, 8 / 255, 40]]
+    clean = tradeoff.tradeoff_flags(models, x=x, y=y, index=index, own_eps=False)   # no attack at all
+    assert (clean["evaluation"] == "natural").all() and len(clean) == 4 * 40
+    pd.testing.assert_frame_equal(clean, flags[flags["evaluation"] == "natural"].reset_index(drop=True))
     again = tradeoff.tradeoff_models(**run)
     assert all(m.from_cache for m in again.values())
     for key, m in models.items():

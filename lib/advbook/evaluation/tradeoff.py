@@ -145,16 +145,19 @@ def _budgets(train_eps: float, grid) -> list[float]:
 
 
 def tradeoff_flags(models: dict[tuple[int, float], TrainedModel], *, x: torch.Tensor, y: torch.Tensor,
-                   index: torch.Tensor, eval_eps_list=(), steps: int, seed: int = 0,
+                   index: torch.Tensor, eval_eps_list=(), own_eps: bool = True, steps: int = 10, seed: int = 0,
                    batch_size: int = 500) -> pd.DataFrame:
     """Per-image correct flags of every model of :func:`tradeoff_models` on test images ``x`` in
     [0, 1] (labels ``y``, positions ``index`` in the test set): clean (``evaluation = "natural"``,
     ``eval_eps = 0``) and under L-inf PGD (random start, all ``steps`` steps of :func:`step_size`,
-    ``seed``) at the model's training eps and at each eps of ``eval_eps_list``.
+    ``seed``) at the model's training eps (with ``own_eps``) and at each eps of ``eval_eps_list``.
 
     A long frame with :data:`FLAG_COLUMNS` (``correct`` boolean), one row per (model, evaluation,
     image). As everywhere in :mod:`~advbook.evaluation.evaluate`, only clean-correct images are
-    attacked, so a robust flag implies a clean one. Flags are cached per model key and test subset."""
+    attacked, so a robust flag implies a clean one. Flags are cached per model key and test subset.
+    The standard-error gap needs clean flags only: ``own_eps=False`` with no grid gives them on
+    many images at the cost of a forward pass, and a second call with PGD on a subset the rest
+    (keep the two frames apart: the subset's clean flags are in both)."""
     grid = [float(e) for e in eval_eps_list]
     if steps < 1 or any(not e > 0 for e in grid):
         raise ValueError(f"steps must be >= 1 and every eval eps > 0, got steps={steps}, eval_eps_list={grid}")
@@ -164,7 +167,7 @@ def tradeoff_flags(models: dict[tuple[int, float], TrainedModel], *, x: torch.Te
     positions = index.cpu().numpy()
     parts = []
     for (n, train_eps), m in models.items():
-        budgets = _budgets(float(train_eps), grid)
+        budgets = _budgets(float(train_eps) if own_eps else 0.0, grid)
         attacks = {f"pgd:{e:.10g}": dict(eps=e, step_size=step_size(e, steps), steps=steps, seed=seed) for e in budgets}
         res = evaluate.evaluate(m.model, x, y, attacks=attacks, batch_size=batch_size,
                                 resume_dir=cache.cache_dir("evals") / m.key / tag)
