@@ -250,9 +250,11 @@ def test_zoo_gradient_bad_input_fails_in_one_line():
     g = torch.Generator()
     with pytest.raises(ValueError, match=r"^unknown estimator 'spsa'; valid: coordinate, gaussian$"):
         zoo.zoo_gradient(loss_fn, x, h=1e-3, queries=4, generator=g, estimator="spsa")
-    with pytest.raises(ValueError, match=r"^queries must be an even number >= 2 \(two per coordinate or direction\), got 5$"):
+    with pytest.raises(ValueError,
+                       match=r"^queries must be an even number >= 2 \(two per coordinate or direction\), got 5$"):
         zoo.zoo_gradient(loss_fn, x, h=1e-3, queries=5, generator=g)
-    with pytest.raises(ValueError, match=r"^the coordinate estimator has 12 coordinates per sample \(queries <= 24\), got queries=26$"):
+    with pytest.raises(ValueError, match=r"^the coordinate estimator has 12 coordinates per sample "
+                                         r"\(queries <= 24\), got queries=26$"):
         zoo.zoo_gradient(loss_fn, x, h=1e-3, queries=26, generator=g)
 
 
@@ -374,6 +376,7 @@ def test_square_trace_is_pyautoattack_square_at_every_budget(smooth_net):
         assert torch.equal(trace.success[i], trace.success[-1] & (trace.queries <= b + 1)), b
     assert 0 < trace.success[-1].sum() < len(x)
     assert (trace.margin.diff(dim=0) <= 0).all()
+    torch.testing.assert_close(trace.margin[-1], margin(net(trace.x_adv), y))
     assert (trace.x_adv - x).abs().max() <= eps + 1e-6
 
 

@@ -69,7 +69,8 @@ def boundary_distance(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     _check_search(tol, step, max_distance)
     norms = direction.flatten(1).norm(dim=1)
     if (norms == 0).any():
-        raise ValueError(f"direction must be non-zero for every sample; zero at {norms.eq(0).nonzero().flatten().tolist()}")
+        zero = norms.eq(0).nonzero().flatten().tolist()
+        raise ValueError(f"direction must be non-zero for every sample; zero at {zero}")
     unit = direction / _bcast(norms, direction)
     n = len(x)
 
