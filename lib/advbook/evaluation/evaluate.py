@@ -44,6 +44,7 @@ from advbook.core import cache
 from advbook.attacks.core import linf_start, margin, pgd, sign_ascent
 from advbook.attacks.mde import md_attack, md_targets
 from advbook.attacks.spsa import spsa_attack
+from advbook.models.defended import is_randomized
 from advbook.training.framework import in_eval_mode
 
 __all__ = ["EVALUATIONS", "EVAL_CODE_VERSION", "AA_PARTS", "AA_STANDARD", "MDE_PARTS", "evaluate", "cw_loss",
@@ -293,8 +294,13 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: dict[str, dict
     """Run ``attacks`` (name -> settings; names from :data:`EVALUATIONS`, a name may carry a
     suffix after ``:``, e.g. ``"pgd:20"``) on inputs ``x`` in [0, 1] with labels ``y``, with the
     model in eval mode (its own mode is given back afterwards). ``resume_dir`` must be kept for one
-    model and one ``x``: its files are keyed by settings and code version only."""
+    model and one ``x``: its files are keyed by settings and code version only. A randomised model
+    (:func:`~advbook.models.defended.is_randomized`) is refused one: its flags depend on its seed and
+    on the calls made before, and would be read back as if they did not."""
     _check(attacks)
+    if resume_dir is not None and is_randomized(model):
+        raise ValueError(f"evaluate: resume_dir caches flags as a deterministic function of the settings, and "
+                         f"{type(model).__name__} is randomised; evaluate it without resume_dir")
     folder = Path(resume_dir) if resume_dir is not None else None
     y = y.to(x.device)
     with in_eval_mode(model):
