@@ -114,13 +114,15 @@ def apply_flow(x: torch.Tensor, flow: torch.Tensor, *, padding_mode: str = "zero
     """``x`` (N, C, H, W) resampled bilinearly at each pixel's position plus its ``flow`` (pixels)."""
     _check_flow(x, flow)
     _check_padding(padding_mode)
-    n, _, h, w = x.shape
-    cols = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w)
-    rows = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1)
-    # pixel position -> grid_sample's normalised coordinate (align_corners=False): (2 p + 1) / size - 1
-    gx = (2 * (cols + flow[:, 0]) + 1) / w - 1
-    gy = (2 * (rows + flow[:, 1]) + 1) / h - 1
-    grid = torch.stack([gx, gy], dim=-1)
+    h, w = x.shape[-2:]
+    rows, cols = torch.meshgrid(torch.arange(h, device=x.device, dtype=x.dtype),
+                                torch.arange(w, device=x.device, dtype=x.dtype), indexing="ij")
+    pixels = torch.stack([cols, rows], dim=-1)                          # (H, W, 2): (x, y) of each pixel
+    # pixel position p -> grid_sample's normalised coordinate (align_corners=False): (2 p + 1) / size - 1,
+    # computed as p * (2 / size) + (1 / size - 1): exact in floating point for power-of-two sizes
+    scale = torch.tensor([2 / w, 2 / h], device=x.device, dtype=x.dtype)
+    offset = torch.tensor([1 / w - 1, 1 / h - 1], device=x.device, dtype=x.dtype)
+    grid = torch.addcmul(offset, flow.permute(0, 2, 3, 1) + pixels, scale)
     # bilinear weights sum to 1 up to rounding: clamp so the result is a valid image for the next attack
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False).clamp(0, 1)
 
