@@ -166,7 +166,8 @@ def flow_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, tau
 
     def closure():
         loss = objective()
-        (flow.grad,) = torch.autograd.grad(loss, flow)
+        (grad,) = torch.autograd.grad(loss, flow)
+        flow.grad = grad.contiguous()  # it comes back in the grid's (N, H, W, 2) layout; L-BFGS flattens it
         return loss.detach()
 
     best_flow = torch.zeros_like(flow, requires_grad=False)
