@@ -59,10 +59,12 @@ html: env mathjax
 test: env mathjax
 	$(PY) -m pytest -q
 
-## bench: attack and evaluation-suite throughput against foolbox, same model and batch (writes book/bench_*.md)
+## bench: attack and evaluation-suite throughput against foolbox, ART and pyautoattack, same model and batch (writes book/bench_*.md)
 bench: env
 	$(PY) scripts/bench_attacks.py
 	$(PY) scripts/bench_evaluate.py
+	$(PY) scripts/bench_lec_whitebox.py
+	$(PY) scripts/bench_lec_blackbox.py
 
 clean:
 	rm -rf _build book/executed artifacts
