@@ -343,6 +343,34 @@ def ratio_above(claim: dict, tables: dict, ctx: Context) -> Verdict:
     return _verdict(claim, ctx, outcome, t, f"threshold {r0:g} fixed in advance.")
 
 
+def median_threshold(claim: dict, tables: dict, ctx: Context) -> Verdict:
+    """The median of ``value`` over the rows the claim keeps (one per image) lies above
+    (``direction = "above"``, the default) or below (``"below"``) a fixed ``threshold``: the
+    distribution-free order-statistic interval of the median and the sign test
+    (:func:`advbook.analysis.stats.median_test`; non-finite values are dropped). Holds when the
+    interval lies wholly on the claimed side, does not hold when it lies wholly on the other side,
+    else inconclusive (also when there are too few values for any 95 % interval: fewer than 6).
+    ``label`` names the value in the verdict line."""
+    frame = _table(claim, tables)
+    if frame is None or claim["value"] not in frame:
+        return not_run(claim, ctx, f"{claim['value']} was not measured in this run")
+    if not len(frame):
+        return not_run(claim, ctx, claim.get("empty", "no row of this run meets the claim's conditions"))
+    direction = claim.get("direction", "above")
+    if direction not in ("above", "below"):
+        raise ValueError(f"claim {claim.get('id')!r}: direction must be one of: above, below; got {direction!r}")
+    r0 = float(claim["threshold"])
+    t = stats.median_test(frame[claim["value"]].to_numpy(float), threshold=r0)
+    t = dataclasses.replace(t, name=f"median {claim.get('label', claim['value'])}")
+    if not (math.isfinite(t.low) and math.isfinite(t.high)):
+        return _verdict(claim, ctx, "inconclusive", t, f"too few values for a 95% interval of the median "
+                        f"(n = {t.n}; at least 6 are needed).")
+    above, below = t.low > r0, t.high < r0
+    claimed, other = (above, below) if direction == "above" else (below, above)
+    outcome = "holds" if claimed else "does not hold" if other else "inconclusive"
+    return _verdict(claim, ctx, outcome, t, f"threshold {r0:g} ({direction}) fixed in advance; {t.detail}.")
+
+
 def group_difference(claim: dict, tables: dict, ctx: Context) -> Verdict:
     """Mean of ``value`` in group ``a`` exceeds that in group ``b`` (groups of different images,
     fixed in the claim, e.g. the paper's classes): bootstrap interval, Mann-Whitney p. With
@@ -557,7 +585,7 @@ RULES: dict[str, Callable[[dict, dict, Context], Verdict]] = {
     "paired_best": paired_best, "paper_best": paper_best, "within_model": within_model,
     "correlation": correlation, "window_spread": window_spread, "ratio_above": ratio_above,
     "group_difference": group_difference, "flag_precision_best": flag_precision_best,
-    "gap_trend": gap_trend,
+    "gap_trend": gap_trend, "median_threshold": median_threshold,
 }
 
 

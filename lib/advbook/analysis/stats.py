@@ -25,7 +25,7 @@ import numpy as np
 from scipy import stats as _st
 
 __all__ = ["Test", "mcnemar", "paired_bootstrap", "spearman", "group_difference", "holm",
-           "mcnemar_sample_size", "spearman_sample_size", "bootstrap_mean", "mean_sample_size"]
+           "mcnemar_sample_size", "spearman_sample_size", "bootstrap_mean", "mean_sample_size", "median_test"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +108,28 @@ def bootstrap_mean(values, *, statistic=np.median, level: float = 0.95, n_resamp
                         random_state=np.random.default_rng(seed))
     return Test(statistic.__name__, float(statistic(v)), float(res.confidence_interval.low),
                 float(res.confidence_interval.high), math.nan, len(v))
+
+
+def median_test(values, *, threshold: float, level: float = 0.95) -> Test:
+    """The median of the finite ``values`` with its distribution-free order-statistic interval, and
+    the two-sided sign test of "the median is ``threshold``".
+
+    The interval is [x_(j), x_(n+1-j)] (sorted, 1-based) for the largest j with P(B <= j - 1) <=
+    (1 - level) / 2, B ~ Binomial(n, 1/2): it covers the population median with probability at least
+    ``level`` whatever the distribution (Conover, *Practical Nonparametric Statistics*, 3rd ed., §3.2),
+    where a bootstrap percentile interval of a median undercovers at small n. Below the n at which
+    even [min, max] covers less than ``level`` (n < 6 at 95 %) the interval is NaN. p: exact binomial
+    test of the counts above and below ``threshold`` (values equal to it dropped)."""
+    v = np.sort(np.asarray(values, float))
+    v = v[np.isfinite(v)]
+    n = len(v)
+    if n == 0:
+        return Test("median", math.nan, math.nan, math.nan, math.nan, 0)
+    below_cut = np.flatnonzero(_st.binom.cdf(np.arange(n), n, 0.5) <= (1 - level) / 2)
+    lo, hi = (float(v[below_cut[-1]]), float(v[n - 1 - below_cut[-1]])) if len(below_cut) else (math.nan, math.nan)
+    above, below = int((v > threshold).sum()), int((v < threshold).sum())
+    p = float(_st.binomtest(above, above + below, 0.5).pvalue) if above + below else math.nan
+    return Test("median", float(np.median(v)), lo, hi, p, n, detail=f"{above} above and {below} below {threshold:g}")
 
 
 def spearman(x, y, *, level: float = 0.95) -> Test:
