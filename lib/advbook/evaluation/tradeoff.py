@@ -22,6 +22,12 @@ its own eps minus its standard error).
   :func:`advbook.evaluation.evaluate.evaluate`, whose flags are cached per model.
 * :func:`gap_table` and :func:`accuracy_table` are point estimates only; intervals and verdicts
   belong to the claims engine (:func:`advbook.analysis.claims.gap_trend`).
+* For the page (``notebooks/15_lec_tradeoff.ipynb``): :func:`robust_flags` attacks only what the
+  page shows (every model of the largest size over an eps grid, every other AT model at its own
+  eps), :func:`label_models` names models, budgets and sizes so that a claim can say "the largest
+  training set" in every profile, :func:`gap_summary` puts both gaps of every (size, eps) in one
+  row, :func:`accuracy_grid` gives the clean-vs-robust table and :func:`training_summary` what was
+  trained.
 
 Choices, each documented where it is made:
 
@@ -60,7 +66,8 @@ from advbook.evaluation import evaluate
 from advbook.training.train import TrainConfig, TrainedModel, train_model
 
 __all__ = ["STEP_FACTOR", "step_size", "training_subsets", "epochs_for", "tradeoff_config", "tradeoff_models",
-           "tradeoff_flags", "gap_table", "accuracy_table", "FLAG_COLUMNS"]
+           "tradeoff_flags", "gap_table", "accuracy_table", "FLAG_COLUMNS", "robust_flags", "eps_label",
+           "label_models", "gap_summary", "accuracy_grid", "training_summary"]
 
 STEP_FACTOR = 2.5   # PGD step = STEP_FACTOR * eps / steps (module docstring)
 FLAG_COLUMNS = ("n", "train_eps", "eval_eps", "evaluation", "index", "correct")
@@ -219,3 +226,107 @@ def accuracy_table(flags: pd.DataFrame) -> pd.DataFrame:
     keys = ["n", "train_eps", "evaluation", "eval_eps"]
     g = flags.groupby(keys, sort=True)["correct"]
     return pd.DataFrame({"accuracy": 100 * g.mean(), "images": g.size()}).reset_index()
+
+
+# ---------------------------------------------------------------------------------------------
+# What the page needs besides the flags: which models to attack, names, and its two tables
+# ---------------------------------------------------------------------------------------------
+
+def robust_flags(models: dict[tuple[int, float], TrainedModel], *, x: torch.Tensor, y: torch.Tensor,
+                 index: torch.Tensor, eval_eps_list, steps: int = 10, seed: int = 0,
+                 batch_size: int = 500) -> pd.DataFrame:
+    """The PGD flags the page shows, and no more: every model of the largest training set
+    (standard and AT) clean and under PGD at every eps of ``eval_eps_list`` and at its own training
+    eps (the clean-vs-robust curve), every AT model of the other sizes clean and at its own eps (the
+    lecture's gap at every size), and the standard models of the other sizes clean only (so that
+    :func:`gap_table` has both gaps at every size on these images). One frame as
+    :func:`tradeoff_flags` writes it; no (model, evaluation, image) twice."""
+    if not models:
+        raise ValueError("models is empty: pass the result of tradeoff_models")
+    largest = max(n for n, _ in models)
+    top = {key: m for key, m in models.items() if key[0] == largest}
+    rest = {key: m for key, m in models.items() if key[0] != largest}
+    common = dict(x=x, y=y, index=index, steps=steps, seed=seed, batch_size=batch_size)
+    parts = [tradeoff_flags(top, eval_eps_list=eval_eps_list, **common)]
+    if rest:
+        parts.append(tradeoff_flags(rest, **common))
+    return pd.concat(parts, ignore_index=True)
+
+
+def eps_label(eps: float) -> str:
+    """A budget in units of 1/255, as the papers write it: ``4/255``, ``0.5/255``."""
+    return f"{255 * float(eps):.3g}/255"
+
+
+def _model_label(eps: float) -> str:
+    return "standard" if eps == 0 else f"AT {eps_label(eps)}"
+
+
+def _rank(value, ordered: list, what: str) -> str:
+    """``value``'s place among the sorted ``ordered``: "smallest", "middle" or "largest" ``what``
+    ("only ``what``" if alone)."""
+    if len(ordered) == 1:
+        return f"only {what}"
+    place = "smallest" if value == ordered[0] else "largest" if value == ordered[-1] else "middle"
+    return f"{place} {what}"
+
+
+def label_models(flags: pd.DataFrame) -> pd.DataFrame:
+    """``flags`` (from :func:`tradeoff_flags`) with three label columns: ``model`` ("standard", "AT
+    4/255"), ``budget`` (the training eps among those of the frame: "standard", "smallest eps",
+    "middle eps", "largest eps", or "only eps" when there is one) and ``size`` (the training-set
+    size among the frame's: "smallest n", "middle n", "largest n" or "only n"). The claims name
+    models by these labels, so that one claim reads "the largest training set" or "the smallest
+    eps" in every profile, whatever the sizes and budgets run."""
+    budgets = sorted(e for e in flags["train_eps"].unique() if e > 0)
+    sizes = sorted(flags["n"].unique())
+    out = flags.copy()
+    out["model"] = out["train_eps"].map(_model_label)
+    out["budget"] = out["train_eps"].map(lambda e: "standard" if e == 0 else _rank(e, budgets, "eps"))
+    out["size"] = out["n"].map(lambda n: _rank(n, sizes, "n"))
+    return out
+
+
+def gap_summary(clean: pd.DataFrame, robust: pd.DataFrame) -> pd.DataFrame:
+    """One row per (training-set size ``n``, training ``eps``) with both gaps, in %: from ``clean``
+    (clean flags, typically on many test images) the paper's ``gap`` = ``std_err_at`` -
+    ``std_err_standard`` on ``clean_images``; from ``robust`` (:func:`robust_flags`, on a subset)
+    the AT model's clean error there (``std_err_at_pgd``), its PGD error at its own eps
+    (``rob_err_at``) and the lecture's ``rob_minus_std`` = ``rob_err_at`` - ``std_err_at_pgd`` on
+    ``pgd_images``. ``eps_255`` is eps in units of 1/255. Point estimates (see :func:`gap_table`)."""
+    paper = gap_table(clean)[["n", "eps", "images", "std_err_standard", "std_err_at", "gap"]]
+    lecture = gap_table(robust)[["n", "eps", "images", "std_err_at", "rob_err_at", "rob_minus_std"]]
+    both = paper.rename(columns={"images": "clean_images"}).merge(
+        lecture.rename(columns={"images": "pgd_images", "std_err_at": "std_err_at_pgd"}), on=["n", "eps"], how="outer")
+    both.insert(2, "eps_255", 255 * both["eps"])
+    return both.sort_values(["eps", "n"], ignore_index=True)
+
+
+def accuracy_grid(flags: pd.DataFrame) -> pd.DataFrame:
+    """The clean-vs-robust table of the largest training set: one row per model ("standard", "AT
+    4/255", by training eps), a ``clean`` column and one ``PGD e/255`` column per attack budget,
+    accuracy in % on the images of ``flags`` (their number in ``images``)."""
+    acc = accuracy_table(flags)
+    acc = acc[acc["n"] == acc["n"].max()].sort_values(["train_eps", "eval_eps"])
+    acc["model"] = acc["train_eps"].map(_model_label)
+    acc["column"] = [("clean" if ev == "natural" else f"PGD {eps_label(e)}")
+                     for ev, e in zip(acc["evaluation"], acc["eval_eps"])]
+    columns = list(dict.fromkeys(acc["column"]))
+    wide = acc.pivot(index="model", columns="column", values="accuracy")
+    wide = wide.loc[list(dict.fromkeys(acc["model"])), columns]
+    wide.columns.name = None
+    wide["images"] = acc.groupby("model")["images"].max()
+    return wide
+
+
+def training_summary(models: dict[tuple[int, float], TrainedModel]) -> pd.DataFrame:
+    """What :func:`tradeoff_models` trained: per model its training-set size, label, epochs,
+    gradient steps (one per batch, the last one partial), training seconds and whether it came from
+    the cache."""
+    rows = []
+    for (n, eps), m in sorted(models.items()):
+        cfg = m.meta["config"]
+        rows.append({"n": int(n), "model": _model_label(float(eps)), "epochs": int(cfg["epochs"]),
+                     "steps": int(cfg["epochs"]) * math.ceil(int(n) / int(cfg["batch_size"])),
+                     "seconds": float(m.meta["train_seconds"]), "from cache": bool(m.from_cache)})
+    return pd.DataFrame(rows)

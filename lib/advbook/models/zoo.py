@@ -174,6 +174,7 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, int]]] = {
     "vgg11_small": lambda: _vgg11_bn(divisor=8),  # VGG-11's layout at 1/8 width: the cpu stand-in for VGG-11
     "mobilenet_v2": _mobilenet_v2,
     "wrn34_10": _wide_resnet,
+    "wrn40_2": lambda: _wide_resnet(depth=40, widen=2),   # Raghunathan et al. 2019's model (LEC-T1), 2.2M parameters
 }
 
 
