@@ -24,7 +24,10 @@ __all__ = ["load_claims", "artifact_tables", "context", "decide_artifact", "show
 SECTIONS = {"HOL-F2": "hol-ddb", "HOL-F3": "hol-toy", "HOL-T1": "hol-freq", "HOL-F4": "hol-freq",
             "HOL-T2": "hol-trust", "HOL-T3": "hol-kd", "HOL-F6": "hol-kd", "VIR-T1": "vir-main",
             "VIR-T2": "vir-scale", "VIR-T3": "vir-scale", "VIR-T4": "vir-scale", "VIR-T5": "vir-scale",
-            **{f"VIR-T{i}": "vir-ablations" for i in (6, 7, 9, 10, 11, 12)}}
+            **{f"VIR-T{i}": "vir-ablations" for i in (6, 7, 9, 10, 11, 12)},
+            "LEC-F1": "lec-examples", "LEC-F2": "lec-examples",
+            **{f"LEC-F{i}": "lec-whitebox" for i in range(3, 9)}, "LEC-F9": "lec-beyond", "LEC-F10": "lec-beyond",
+            "LEC-F11": "lec-defenses", "LEC-T1": "lec-tradeoff"}
 
 
 def _expand_paper_best(claim: dict) -> list[dict]:
@@ -178,7 +181,9 @@ def table_with_claims(run, artifact_id: str, *, results: pd.DataFrame, samples: 
 
 PAGES = {"hol-ddb": "01_hol_ddb", "hol-toy": "02_hol_toy_paths", "hol-freq": "03_hol_frequency",
          "hol-trust": "04_hol_trust", "hol-kd": "05_hol_distillation", "vir-main": "06_vir_main",
-         "vir-ablations": "07_vir_ablations", "vir-scale": "08_vir_scale"}
+         "vir-ablations": "07_vir_ablations", "vir-scale": "08_vir_scale", "lec-examples": "11_lec_examples",
+         "lec-whitebox": "12_lec_whitebox", "lec-beyond": "13_lec_beyond", "lec-defenses": "14_lec_defenses",
+         "lec-tradeoff": "15_lec_tradeoff"}
 
 
 def decide_all(folder: Path) -> list[engine.Verdict]:
