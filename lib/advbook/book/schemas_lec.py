@@ -75,6 +75,8 @@ SCHEMAS["lec_defenses"] = {
     "alp_lambda": Param(float, "ALP's weight of the logit-pairing term (reference code: 0.5)", 0.0, 100.0),
     "distill_t": Param(float, "defensive distillation's temperature T of teacher and student (paper: 100)",
                        0.01, 1000.0),
+    "distill_epochs": Param(int, "training epochs of the distillation teacher and student (their logits must grow T-fold)",
+                            1, 1000),
     "purifier_width": Param(int, "channels of the denoiser's three convolutions", 1, 512),
     "purifier_sigma": Param(float, "Gaussian noise the denoiser learns to remove, [0, 1] units", 0.0, 1.0),
     "purifier_steps": Param(int, "denoiser training steps (Adam, 128 training images each)", 1, 100000),

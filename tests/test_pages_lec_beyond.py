@@ -1,4 +1,4 @@
-"""The LEC page on attacks beyond L_p and white-box access (LEC-F9, LEC-F10): advbook.analysis.beyond's
+"""The LEC page on attacks beyond L_p and white-box access (LEC-F9, LEC-F10): advbook.analysis.lec_beyond's
 per-image tables against the attacks they run (flow, colour, ZOO, OPT's search, Square), the nested ZOO
 trace against zoo_gradient at every budget, the claims rule median_threshold on simulated truths,
 the figures and the page's profiles."""
@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from advbook.analysis import beyond, claims
+from advbook.analysis import claims, lec_beyond
 from advbook.attacks import boundary, colour, flow, square_trace, zoo
 from advbook.attacks.core import margin
-from advbook.book import experiment, plots, plots_beyond
+from advbook.book import experiment, plots, plots_lec_beyond
 from advbook.evaluation import evaluate
 
 
@@ -127,15 +127,15 @@ def test_the_pages_claims_use_known_rules_and_columns_the_page_writes():
 # ---------------------------------------------------------------- test images
 
 def test_test_images_are_balanced_nested_and_drawn_below_one_per_class(synth):
-    idx, x, y = beyond.test_images(synth, n=8, seed=3, device="cpu")
+    idx, x, y = lec_beyond.test_images(synth, n=8, seed=3, device="cpu")
     assert torch.equal(torch.bincount(y, minlength=4), torch.full((4,), 2)) and x.dtype == torch.float32
     assert x.min() >= 0 and x.max() <= 1 and torch.equal(idx, idx.sort().values)
-    small, _, _ = beyond.test_images(synth, n=4, seed=3, device="cpu")
+    small, _, _ = lec_beyond.test_images(synth, n=4, seed=3, device="cpu")
     assert set(small.tolist()) <= set(idx.tolist())
-    few, _, y_few = beyond.test_images(synth, n=3, seed=3, device="cpu")
+    few, _, y_few = lec_beyond.test_images(synth, n=3, seed=3, device="cpu")
     assert len(few) == 3 and len(set(y_few.tolist())) == 3 and set(few.tolist()) <= set(small.tolist())
     with pytest.raises(ValueError, match=r"^n must be >= 1, got 0$"):
-        beyond.test_images(synth, n=0, seed=3, device="cpu")
+        lec_beyond.test_images(synth, n=0, seed=3, device="cpu")
 
 
 # ---------------------------------------------------------------- LEC-F9: flow and colour
@@ -144,7 +144,7 @@ def test_nonlp_samples_flags_and_sizes_are_those_of_the_returned_attacks(smooth_
     net, x, _ = smooth_net
     y = (net(x).argmax(1) + torch.tensor([0, 1] * 6)) % 4        # half of the labels the model gets wrong
     idx = torch.arange(100, 112)
-    samples, fr, cr = beyond.nonlp_samples(net, x, y, index=idx, seed=7, batch_size=5,
+    samples, fr, cr = lec_beyond.nonlp_samples(net, x, y, index=idx, seed=7, batch_size=5,
                                            flow_settings=dict(tau=5e-4, steps=20, lr=0.05),
                                            colour_settings=dict(eps=0.1, steps=10))
     with torch.no_grad():
@@ -158,11 +158,11 @@ def test_nonlp_samples_flags_and_sizes_are_those_of_the_returned_attacks(smooth_
     np.testing.assert_allclose(samples["flow_linf"], (fr.x_adv - x).flatten(1).abs().amax(1).numpy(), rtol=1e-6)
     np.testing.assert_allclose(samples["flow_shift_max"], fr.flow.norm(dim=1).flatten(1).amax(1).numpy(), rtol=1e-6)
     assert samples["colour_linf"].max() <= 0.1 + 1e-6 and samples["flow_fooled"].any()
-    whole, fr1, _ = beyond.nonlp_samples(net, x, y, index=idx, seed=7, batch_size=12,
+    whole, fr1, _ = lec_beyond.nonlp_samples(net, x, y, index=idx, seed=7, batch_size=12,
                                          flow_settings=dict(tau=5e-4, steps=20, lr=0.05),
                                          colour_settings=dict(eps=0.1, steps=10))
     torch.testing.assert_close(fr1.flow, fr.flow)       # Adam: each image on its own, whatever the batch
-    summary = beyond.nonlp_summary(samples)
+    summary = lec_beyond.nonlp_summary(samples)
     flow_row = summary.set_index("attack").loc["flow"]
     assert flow_row["fooled"] == samples["flow_fooled"].sum() and flow_row["clean_correct"] == samples["natural"].sum()
     assert flow_row["success_pct"] == pytest.approx(100 * flow_row["fooled"] / flow_row["clean_correct"])
@@ -175,7 +175,7 @@ def test_nonlp_samples_wants_an_eval_model(smooth_net):
     net.train()
     try:
         with pytest.raises(ValueError, match=r"^the model must be in eval mode"):
-            beyond.nonlp_samples(net, x, y, index=torch.arange(12), seed=0, flow_settings={}, colour_settings={})
+            lec_beyond.nonlp_samples(net, x, y, index=torch.arange(12), seed=0, flow_settings={}, colour_settings={})
     finally:
         net.eval()
 
@@ -183,8 +183,8 @@ def test_nonlp_samples_wants_an_eval_model(smooth_net):
 def test_example_rows_take_images_both_attacks_fooled_first():
     samples = pd.DataFrame({"flow_fooled": [False, True, True, True, False],
                             "colour_fooled": [True, False, True, True, False]})
-    assert plots_beyond.example_rows(samples, n=2) == [2, 3]
-    assert plots_beyond.example_rows(samples, n=4) == [2, 3, 1, 0]
+    assert plots_lec_beyond.example_rows(samples, n=2) == [2, 3]
+    assert plots_lec_beyond.example_rows(samples, n=4) == [2, 3, 1, 0]
 
 
 # ---------------------------------------------------------------- LEC-F10 (1): the nested ZOO trace
@@ -212,7 +212,7 @@ def test_zoo_trace_is_zoo_gradient_at_every_budget_for_the_cost_of_the_largest(e
         return loss_fn(batch, repeat=repeat)
 
     budgets = [2, 6, 10, 24]
-    trace = beyond.zoo_trace(counting, x, h=1e-3, budgets=budgets, generator=torch.Generator().manual_seed(5),
+    trace = lec_beyond.zoo_trace(counting, x, h=1e-3, budgets=budgets, generator=torch.Generator().manual_seed(5),
                              estimator=estimator, max_batch=8)
     assert sum(seen) == budgets[-1] * len(x)
     for est, q in zip(trace, budgets):
@@ -228,15 +228,15 @@ def test_zoo_trace_bad_budgets_fail_in_one_line():
     g = torch.Generator()
     with pytest.raises(ValueError, match=r"^budgets must be increasing even numbers >= 2 \(two queries per "
                                          r"coordinate or direction\), got \[4, 3\]$"):
-        beyond.zoo_trace(loss_fn, x, h=1e-3, budgets=[4, 3], generator=g)
+        lec_beyond.zoo_trace(loss_fn, x, h=1e-3, budgets=[4, 3], generator=g)
     with pytest.raises(ValueError, match=r"^unknown estimator 'spsa'; valid: coordinate, gaussian$"):
-        beyond.zoo_trace(loss_fn, x, h=1e-3, budgets=[4], generator=g, estimator="spsa")
+        lec_beyond.zoo_trace(loss_fn, x, h=1e-3, budgets=[4], generator=g, estimator="spsa")
 
 
 def test_zoo_cosines_recover_the_gradient_with_every_coordinate_on_a_smooth_net(smooth_net):
     net, x, _ = smooth_net
     xs, d = x[:4], x[0].numel()
-    rows = beyond.zoo_cosines(net, xs, index=torch.arange(10, 14), seed=0, budgets=[8, 64, 2 * d], h=1e-3,
+    rows = lec_beyond.zoo_cosines(net, xs, index=torch.arange(10, 14), seed=0, budgets=[8, 64, 2 * d], h=1e-3,
                               estimators=["coordinate", "gaussian"])
     assert len(rows) == 2 * 3 * 4 and set(rows.columns) >= {"estimator", "queries", "index", "cosine", "full"}
     assert rows.loc[rows.full, "queries"].eq(2 * d).all() and rows.full.sum() == 8
@@ -246,7 +246,7 @@ def test_zoo_cosines_recover_the_gradient_with_every_coordinate_on_a_smooth_net(
     assert med["coordinate"].is_monotonic_increasing and med["gaussian"].iloc[-1] > med["gaussian"].iloc[0]
     with pytest.raises(ValueError, match=rf"^the coordinate estimator has {d} coordinates per sample "
                                          rf"\(queries <= {2 * d}\), got budgets up to {2 * d + 2}$"):
-        beyond.zoo_cosines(net, xs, index=torch.arange(4), seed=0, budgets=[2 * d + 2], h=1e-3,
+        lec_beyond.zoo_cosines(net, xs, index=torch.arange(4), seed=0, budgets=[2 * d + 2], h=1e-3,
                            estimators=["gaussian", "coordinate"])
 
 
@@ -256,7 +256,7 @@ def test_boundary_samples_are_hard_label_attack_direction_by_direction(smooth_ne
     net, x, pred = smooth_net
     search = dict(step=0.25, tol=1e-3, max_distance=6.0)
     counted = Counting(net).eval()
-    per_image, per_direction = beyond.boundary_samples(counted, x, index=torch.arange(12), seed=4, directions=5,
+    per_image, per_direction = lec_beyond.boundary_samples(counted, x, index=torch.arange(12), seed=4, directions=5,
                                                        max_batch=24, **search)   # two directions per call
     attack = boundary.hard_label_attack(net, x, pred, directions=5, seed=4, **search)
     assert per_image["success_random"].tolist() == attack.success.tolist()
@@ -291,7 +291,7 @@ def test_boundary_along_the_gradient_of_a_two_class_affine_model_is_its_closed_f
     model = affine(torch.stack([torch.zeros_like(w), w]), torch.tensor([0.0, -0.5 * w.sum().item() - 0.3])).eval()
     pred = model(x).argmax(1)
     assert (pred == 0).all()
-    per_image, _ = beyond.boundary_samples(model, x, index=torch.arange(6), seed=0, directions=2, step=0.05,
+    per_image, _ = lec_beyond.boundary_samples(model, x, index=torch.arange(6), seed=0, directions=2, step=0.05,
                                            tol=1e-4, max_distance=2.0)
     exact = margin(model(x), pred) / w.norm()
     assert ((per_image["dist_gradient"] - exact.detach().numpy()) >= -1e-5).all()
@@ -306,7 +306,7 @@ def test_square_samples_are_square_trace_per_model(smooth_net):
     torch.manual_seed(1)
     y = pred.clone()
     y[:3] = (y[:3] + 1) % 4                                          # three clean mistakes
-    per_image, trace = beyond.square_samples({"standard": net, "at": other}, x, y, index=torch.arange(12), seed=0,
+    per_image, trace = lec_beyond.square_samples({"standard": net, "at": other}, x, y, index=torch.arange(12), seed=0,
                                              eps=0.1, budgets=[2, 10])
     assert per_image.groupby("model").size().to_dict() == {"at": 12, "standard": 12}
     assert len(trace) == 2 * 2 * 12
@@ -315,7 +315,7 @@ def test_square_samples_are_square_trace_per_model(smooth_net):
     assert std["square"].tolist() == (~reference.success[-1]).tolist()
     assert std["square"].tolist() == evaluate._square(net, x, y, eps=0.1, n_queries=10, seed=0).tolist()
     assert std["natural"].tolist() == (net(x).argmax(1) == y).tolist() and not std["natural"][:3].any()
-    summary = beyond.blackbox_summary(pd.DataFrame({"estimator": ["coordinate"], "queries": [2], "cosine": [0.5]}),
+    summary = lec_beyond.blackbox_summary(pd.DataFrame({"estimator": ["coordinate"], "queries": [2], "cosine": [0.5]}),
                                       pd.DataFrame({"success_random": [True, False], "success_gradient": [True, True],
                                                     "dist_random": [2.0, np.inf], "dist_gradient": [1.0, 3.0],
                                                     "queries_random": [10, 20], "queries_gradient": [5, 7]}),
@@ -331,10 +331,10 @@ def test_square_samples_are_square_trace_per_model(smooth_net):
 
 def test_the_figures_draw_and_say_what_they_show(smooth_net):
     net, x, y = smooth_net
-    samples, fr, cr = beyond.nonlp_samples(net, x, y, index=torch.arange(12), seed=0,
+    samples, fr, cr = lec_beyond.nonlp_samples(net, x, y, index=torch.arange(12), seed=0,
                                            flow_settings=dict(tau=5e-4, steps=3, lr=0.05),
                                            colour_settings=dict(eps=0.1, steps=3))
-    fig = plots_beyond.nonlp_examples(x, fr, cr, samples, classes=list("abcd"), n_examples=2, title="t")
+    fig = plots_lec_beyond.nonlp_examples(x, fr, cr, samples, classes=list("abcd"), n_examples=2, title="t")
     assert len(fig.axes) == 10 and "amplified ×" in fig._suptitle.get_text()
     assert fig.get_size_inches()[0] <= plots.COLUMN_INCHES
     assert {"LEC-F9", "LEC-F10"} <= set(plots.FIGURES)
@@ -343,8 +343,8 @@ def test_the_figures_draw_and_say_what_they_show(smooth_net):
 @pytest.mark.parametrize("profile", experiment.PROFILES)
 def test_the_profiles_settings_are_valid_for_the_attacks(profile):
     params = experiment.resolve("lec_beyond", profile=profile)
-    settings = beyond.settings(params)
-    assert beyond._check_budgets(settings["zoo"]["budgets"]) == params["zoo_budgets"]
+    settings = lec_beyond.settings(params)
+    assert lec_beyond._check_budgets(settings["zoo"]["budgets"]) == params["zoo_budgets"]
     assert max(params["zoo_budgets"]) <= 2 * 3 * 32 * 32            # CIFAR-10's 2 d: the coordinate estimator's cap
     assert params["square_budgets"] == sorted(set(params["square_budgets"]))
     assert params["flow_optimizer"] in flow.OPTIMIZERS

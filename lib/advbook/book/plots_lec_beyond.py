@@ -38,7 +38,7 @@ def _nice_floor(v: float) -> int:
 
 
 def example_rows(samples: pd.DataFrame, *, n: int) -> list[int]:
-    """Which rows of :func:`advbook.analysis.beyond.nonlp_samples`' table LEC-F9 draws, a rule fixed
+    """Which rows of :func:`advbook.analysis.lec_beyond.nonlp_samples`' table LEC-F9 draws, a rule fixed
     before the attacks ran: the first ``n`` (in test-index order) that both attacks fooled, then, if
     fewer, those only the flow attack fooled, then the others."""
     both = (samples["flow_fooled"] & samples["colour_fooled"]).to_numpy()
@@ -53,15 +53,17 @@ def _rgb(t: torch.Tensor) -> np.ndarray:
 
 def nonlp_examples(x: torch.Tensor, flow_result, colour_result, samples: pd.DataFrame, *, classes,
                    n_examples: int = 2, arrow_every: int = 4, title: str = ""):
-    """LEC-F9: for ``n_examples`` images (:func:`example_rows`), the clean image, the flow adversarial with the flow
-    drawn as arrows (every ``arrow_every`` pixels, from each pixel towards the point it samples,
-    amplified so that the longest shown is about three pixels), the flow's pixel change, the colour
-    adversarial and its pixel change (changes amplified by one common factor, grey = no change)."""
+    """LEC-F9: for ``n_examples`` images (:func:`example_rows`), the clean image, the flow adversarial with
+    the flow drawn as arrows (every ``arrow_every`` pixels, from each pixel towards the point it samples,
+    amplified so that the longest shown is about three pixels), the flow's change of the pixel values,
+    the colour adversarial and its change. Each change column has its own amplification (around grey =
+    no change), written in its title, so that the colour attack's small changes show too."""
     rows = example_rows(samples, n=n_examples)
     flows = flow_result.flow.detach().cpu()
-    shown = [(flow_result.x_adv[r] - x[r]).detach().cpu() for r in rows] + \
-            [(colour_result.x_adv[r] - x[r]).detach().cpu() for r in rows]
-    amp = min(20, _nice_floor(0.45 / max(max(float(d.abs().max()) for d in shown), 1e-6)))
+    amp = {}
+    for name, result in (("flow", flow_result), ("colour", colour_result)):
+        largest = max(float((result.x_adv[r] - x[r]).abs().max()) for r in rows)
+        amp[name] = min(50, _nice_floor(0.5 / max(largest, 1e-6)))
     longest = max(float(flows[r].norm(dim=0).max()) for r in rows)
     arrows = min(100, _nice_floor(3.0 / max(longest, 1e-6)))
     fig, grid, axes = _panels(5 * len(rows), max_cols=5, panel_height=1.75, extra_height=0.55)
@@ -75,20 +77,21 @@ def nonlp_examples(x: torch.Tensor, flow_result, colour_result, samples: pd.Data
         ax[1].imshow(_rgb(flow_result.x_adv[r]))
         f = flows[r].numpy()
         ax[1].quiver(xs, ys, f[0][ys, xs], f[1][ys, xs], angles="xy", scale_units="xy", scale=1 / arrows,
-                     color="yellow", width=0.012, headwidth=3)
+                     color="yellow", width=0.012, headwidth=3, minlength=0)
         ax[1].set_title(f"flow: {classes[int(s['flow_pred'])]}\nmax shift {s['flow_shift_max']:.2f} px",
                         fontsize=MIN_FONT)
-        ax[2].imshow(_rgb(0.5 + amp * (flow_result.x_adv[r] - x[r])))
-        ax[2].set_title(f"flow − clean\nL∞ {255 * s['flow_linf']:.0f}/255", fontsize=MIN_FONT)
+        ax[2].imshow(_rgb(0.5 + amp["flow"] * (flow_result.x_adv[r] - x[r])))
+        ax[2].set_title(f"flow − clean\namplified ×{amp['flow']}, L∞ {255 * s['flow_linf']:.0f}/255", fontsize=MIN_FONT)
         ax[3].imshow(_rgb(colour_result.x_adv[r]))
         ax[3].set_title(f"colour: {classes[int(s['colour_pred'])]}", fontsize=MIN_FONT)
-        ax[4].imshow(_rgb(0.5 + amp * (colour_result.x_adv[r] - x[r])))
-        ax[4].set_title(f"colour − clean\nL∞ {255 * s['colour_linf']:.0f}/255", fontsize=MIN_FONT)
+        ax[4].imshow(_rgb(0.5 + amp["colour"] * (colour_result.x_adv[r] - x[r])))
+        ax[4].set_title(f"colour − clean\namplified ×{amp['colour']}, L∞ {255 * s['colour_linf']:.0f}/255",
+                        fontsize=MIN_FONT)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    _title(fig, ". ".join(t for t in (title.rstrip(". "), f"Arrows amplified ×{arrows}, pixel changes ×{amp} "
-                                                             "around grey.") if t))
+    _title(fig, ". ".join(t for t in (title.rstrip(". "), f"Arrows amplified ×{arrows}; pixel changes amplified "
+                                                             "as titled, around grey.") if t))
     return fig
 
 
@@ -136,11 +139,12 @@ def blackbox_panels(zoo_rows: pd.DataFrame, per_direction: pd.DataFrame, hard: p
     grad_found = order[order["success_gradient"]]
     ax.scatter(grad_found.index, grad_found["dist_gradient"], s=10, color="tab:blue", label="gradient direction")
     ax.set_yscale("log")
+    ax.set_ylim(top=30 * max_distance)                     # room for the legend above the points
     ax.set_xlabel("image (sorted by distance along the gradient)", fontsize=9)
     ax.set_ylabel("distance to the boundary (L2)", fontsize=9)
     ax.set_title(f"hard-label search: median {hard['queries_random'].median():.0f} queries per image\n"
                  f"over {per_direction['direction'].nunique()} random directions", fontsize=9)
-    ax.legend(fontsize=MIN_FONT, loc="lower right")
+    ax.legend(fontsize=MIN_FONT, loc="upper center", ncol=2, handletextpad=0.2, columnspacing=0.8)
 
     ax = axes[2]
     for i, (model, g) in enumerate(trace.groupby("model", sort=False)):
