@@ -72,6 +72,20 @@ def test_the_paper_profile_shares_vir_mains_cached_models():
     assert all(page[k] == vir[k] for k in ("model", "seed", "train_per_class"))
 
 
+
+def test_the_cpu_profile_with_vir_mains_cpu_settings_reads_vir_mains_models():
+    """The override the page names (its own cpu models are smaller, for a 3-minute page)."""
+    overrides = {"train_per_class": "300", "epochs": "10", "at_steps": "3", "at_step_size": "2.5/255"}
+    page = experiment.resolve("lec_defenses", profile="cpu", overrides=overrides)
+    vir = experiment.resolve("vir_main", profile="cpu")
+    for name in lecture_models.SHARED:
+        assert (defenses.defense_config(name, lecture_models.vir_params(page)).key_fields()
+                == defenses.defense_config(name, vir).key_fields()), name
+    plain = experiment.resolve("lec_defenses", profile="cpu")
+    assert defenses.defense_config("at", lecture_models.vir_params(plain)).key_fields() != \
+        defenses.defense_config("at", vir).key_fields()
+
+
 def test_lecture_configs_carry_the_schedule_attack_and_temperature():
     cfgs = lecture_models.lecture_configs(PARAMS)
     assert {n: c.objective for n, c in cfgs.items()} == {"alp": "alp", "teacher": "temperature_standard",
@@ -287,6 +301,19 @@ def test_gradient_table_sees_shattered_and_stochastic_gradients(models, batch):
     assert g.loc["undefended", "zero gradient (%)"] < 100.0
     assert g.loc["undefended", "median cosine, two calls"] == pytest.approx(1.0)
     assert g.loc["noise", "median cosine, two calls"] < 0.999
+
+
+def test_gradient_table_cosine_survives_gradients_that_underflow_float32(affine):
+    """A saturated softmax leaves gradients of ~1e-41 (float32 denormals): still 1 for a deterministic
+    model, where a float32 cosine would read 0."""
+    model = affine(torch.eye(2), torch.tensor([95.0, 0.0]))      # margin 95: p_1 = e^-95 ~ 5e-42
+    x, y = torch.full((4, 2), 0.5), torch.zeros(4, dtype=torch.long)
+    g = defenses_lec.gradient_table({"saturated": (model, model)}, x=x, y=y, seed=0, batch_size=4).iloc[0]
+    assert g["images"] == 4 and g["zero gradient (%)"] == 0.0
+    assert g["median cosine, two calls"] == pytest.approx(1.0)
+    xs = x.clone().requires_grad_(True)
+    (raw,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(xs), y, reduction="sum"), xs)
+    assert 0 < raw.abs().max() < 1e-38 and torch.nn.functional.cosine_similarity(raw, raw, dim=1).max() == 0
 
 
 # ---------------------------------------------------------------- figure, profiles, notebook

@@ -1,7 +1,7 @@
 """The figure of LEC-F11, the lecture's defenses (notebooks/14_lec_defenses.ipynb), laid out as the book's
 other figures (:mod:`advbook.book.plots`: at most ``COLUMN_INCHES`` wide, no text below ``MIN_FONT``).
 
-One panel of horizontal grouped bars (the legend above it, clear of the bars), one group per defense (the order of the table), three bars each:
+One panel of horizontal grouped bars (the legend under it, clear of the bars), one group per defense (the order of the table), three bars each:
 clean accuracy (grey), accuracy under the plain attack (the negative control, light) and under the
 adaptive attack (dark), every bar labelled with its value. A line separates the test-time defenses
 around the standard model from the trained ones. Importing this module adds its alt text to
@@ -64,7 +64,7 @@ def plain_vs_adaptive(table: pd.DataFrame, *, title: str = "", budget: str = "")
     ax.set_xlabel("test images classified correctly (%)" + (f" — {budget}" if budget else ""), fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     _title(fig, title)
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncol=3, fontsize=MIN_FONT, frameon=False)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=MIN_FONT, frameon=False)
     return fig
 
 

@@ -258,6 +258,12 @@ def evaluate_defenses(defended: dict[str, tuple[nn.Module, nn.Module]], *, x: to
     return pd.DataFrame(rows), pd.concat(samples, ignore_index=True)
 
 
+def _unit_max(g: torch.Tensor) -> torch.Tensor:
+    """Each row of ``g`` in float64, divided by its largest absolute entry."""
+    g = g.double()
+    return g / g.abs().amax(1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+
+
 def gradient_table(defended: dict[str, tuple[nn.Module, nn.Module]], *, x: torch.Tensor, y: torch.Tensor,
                    seed: int, batch_size: int) -> pd.DataFrame:
     """Why the plain attacks fail, per defense, on the clean images it classifies correctly (one draw):
@@ -282,7 +288,10 @@ def gradient_table(defended: dict[str, tuple[nn.Module, nn.Module]], *, x: torch
                 grads.append(torch.cat(parts) if parts else torch.zeros(0, x[0].numel(), device=x.device))
         zero = (grads[0].abs().amax(1) == 0) if len(xs) else torch.zeros(0, dtype=torch.bool)
         live = ~zero & (grads[1].abs().amax(1) > 0) if len(xs) else zero
-        cos = F.cosine_similarity(grads[0][live], grads[1][live], dim=1) if live.any() else torch.zeros(0)
+        # each gradient scaled to a largest entry of 1 in float64 first: a saturated softmax leaves
+        # gradients of 1e-40, whose products underflow in float32 (a cosine of 0 for equal vectors)
+        a, b = (_unit_max(g[live]) for g in grads)
+        cos = F.cosine_similarity(a, b, dim=1) if live.any() else torch.zeros(0)
         rows.append({"defense": name, "images": int(len(xs)), "zero gradient (%)": 100 * zero.float().mean().item()
                      if len(xs) else float("nan"),
                      "median cosine, two calls": cos.median().item() if len(cos) else float("nan")})

@@ -56,7 +56,7 @@ def lecture_configs(params: dict) -> dict[str, TrainConfig]:
     the units of the loss; see :mod:`advbook.training.lecture`). With ``small_cnn`` on 2,000 CIFAR-10
     images at T = 100 (our measurements, one seed): after 8 epochs the student's cross-entropy
     gradient was exactly zero on about 1 % of the test images it classified correctly, after 16 on
-    about 40 %; the standard model's never is."""
+    40-50 %; the standard model's never is."""
     schedule = {k: params[k] for k in ("batch_size", "lr", "weight_decay")}
     attack = {k: params[k] for k in ("at_eps", "at_step_size", "at_steps")}
     distill = dict(epochs=params["distill_epochs"], distill_t=params["distill_t"])
