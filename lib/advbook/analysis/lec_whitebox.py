@@ -227,7 +227,7 @@ def pgd_samples(models: dict[str, torch.nn.Module], images: PageImages, fgsm_fla
     x, y, index = images.x[pos], images.y[pos], images.index[pos]
     flags = fgsm_flags.set_index(["model", "index"])
     samples, by_step, summary, losses = [], [], [], []
-    traces = {}
+    clean_ok = {}
     for name, model in models.items():
         tr = pgd_trace(model, x, y, eps=eps, step_size=step_size, steps=steps, seed=images.seed)
         known = flags.loc[[(name, int(i)) for i in _np(index)]]
@@ -235,7 +235,7 @@ def pgd_samples(models: dict[str, torch.nn.Module], images: PageImages, fgsm_fla
         robust = tr.correct & natural           # an image the model gets wrong is robust under no attack
         wrong = ~tr.correct
         first = torch.where(wrong.any(0), wrong.float().argmax(0), torch.full_like(y, -1))
-        traces[name] = natural
+        clean_ok[name] = natural
         samples.append(pd.DataFrame({
             "seed": images.seed, "index": _np(index), "model": name, "label": _np(y), "clean": _clean(natural),
             "natural": _np(natural), "fgsm": known["fgsm"].to_numpy(bool), "pgd": _np(robust[-1]),
@@ -246,7 +246,7 @@ def pgd_samples(models: dict[str, torch.nn.Module], images: PageImages, fgsm_fla
             summary.append({"model": name, "iteration": it, "pgd_accuracy": 100 * robust[it].float().mean().item(),
                             "natural_accuracy": 100 * natural.float().mean().item(),
                             "fgsm_accuracy": 100 * known["fgsm"].mean(), "n": len(y)})
-    every = torch.stack(list(traces.values())).all(0)
+    every = torch.stack(list(clean_ok.values())).all(0)
     chosen = every.nonzero().flatten()[:n_trace]
     for name, model in models.items():
         for start in range(starts):
