@@ -106,3 +106,27 @@ def built_book(tmp_path_factory):
                            capture_output=True, text=True, timeout=1200)
     assert build.returncode == 0, build.stdout[-6000:] + build.stderr[-3000:]
     return root
+
+
+@pytest.fixture(scope="module")   # the LEC black-box tests (attacks and page)
+def smooth_net():
+    """A random smooth 4-class CNN on 3x8x8 inputs (tanh, average pooling), eval mode, frozen."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Tanh(), torch.nn.AvgPool2d(2),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 16, 4)).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(12, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    return net, x, net(x).argmax(1)
+
+
+class Counting(torch.nn.Module):
+    """Counts the images (rows) that go through ``model``: the queries."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, x):
+        self.rows += len(x)
+        return self.model(x)

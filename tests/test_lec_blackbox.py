@@ -11,6 +11,7 @@ import torch
 from advbook.attacks import boundary, colour, flow, square_trace, zoo
 from advbook.attacks.core import margin
 from advbook.evaluation import evaluate
+from conftest import Counting   # with the smooth_net fixture, shared by the LEC black-box tests
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -23,28 +24,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def smooth_net():
-    """A random smooth 4-class CNN on 3x8x8 inputs (tanh, average pooling), eval mode, frozen."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Tanh(), torch.nn.AvgPool2d(2),
-                              torch.nn.Flatten(), torch.nn.Linear(8 * 16, 4)).eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    x = torch.rand(12, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-    return net, x, net(x).argmax(1)
-
-
-class Counting(torch.nn.Module):
-    """Counts the images (rows) that go through ``model``: the queries."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.rows = model, 0
-
-    def forward(self, x):
-        self.rows += len(x)
-        return self.model(x)
 
 
 # ---------------------------------------------------------------- stAdv flow
