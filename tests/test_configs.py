@@ -32,11 +32,16 @@ OWNED = {  # objective -> (its config class, the keywords of its settings, in or
     "alp": ("ALPConfig", AT + ("alp_lambda",)),
     "temperature_standard": ("TemperatureConfig", ("distill_t",)),
     "distillation": ("TemperatureConfig", ("distill_t",)),
+    "fgsm_rs": ("FGSMRSConfig", ("at_eps", "fgsm_alpha")),
+    "free_at": ("FreeATConfig", ("at_eps", "free_m")),
+    "rrm": ("RRMConfig", ("rrm_lambda",)),
+    "kd_rrm": ("KDRRMConfig", ("kd_tau",)),
 }
 OTHER = dict(epochs=7, batch_size=32, lr=0.1, momentum=0.8, weight_decay=1e-3, warmup=0.3, augment=False,
              at_norm="l2", at_eps=0.5, at_step_size=0.1, at_steps=3, kd_tau=2.0, kd_lambda=0.5, trades_beta=1.0,
              mart_beta=1.0, gair_lambda=0.0, mail_bias=0.0, mail_slope=2.0, vir_alpha=1.0, vir_gamma=1.0,
-             vir_beta=0.5, vir_use="sv", reweight_from=3, alp_lambda=1.0, distill_t=10.0)  # a value other than the default for every keyword
+             vir_beta=0.5, vir_use="sv", reweight_from=3, alp_lambda=1.0, distill_t=10.0,
+             fgsm_alpha=1.0, free_m=4, rrm_lambda=0.1)  # a value other than the default for every keyword
 
 
 def test_train_config_holds_the_schedule_the_objective_and_its_own_config():
@@ -70,7 +75,7 @@ def test_objectives_read_their_own_config():
 
 
 @pytest.mark.parametrize("objective,kwargs,message", [
-    ("vir_at", dict(kd_tau=2.0), r"^objective 'vir_at' takes no 'kd_tau' \(a setting of kd\); valid: epochs, "
+    ("vir_at", dict(kd_tau=2.0), r"^objective 'vir_at' takes no 'kd_tau' \(a setting of kd, kd_rrm\); valid: epochs, "
                                  r"batch_size, lr, momentum, weight_decay, warmup, augment, objective, at_eps, "
                                  r"at_step_size, at_steps, vir_alpha, vir_gamma, vir_beta, vir_use, reweight_from$"),
     ("trades", dict(at_norm="l2"), r"^objective 'trades' takes no 'at_norm' \(a setting of pgd_at\); valid: .*, "
@@ -115,7 +120,7 @@ def test_replace_changes_checked_keywords_and_carries_the_rest_where_it_applies(
 def test_key_is_the_schedule_and_the_objectives_own_fields(synth, name):
     base = train.TrainConfig.build(objective=name, epochs=4)
     fields = base.key_fields()
-    fixed = {"at_norm"} if issubclass(OBJECTIVES[name].config, objectives.AttackConfig) and name != "pgd_at" else set()
+    fixed = {"at_norm"} if "at_norm" in objectives.hyper_keywords(OBJECTIVES[name].config()) and name != "pgd_at" else set()
     assert set(fields) == set(SCHEDULE) | {"objective"} | set(OWNED[name][1]) | fixed
     if fixed:
         assert fields["at_norm"] == "linf"

@@ -31,5 +31,5 @@ def test_normalisation_happens_inside_the_model():
 
 
 def test_unknown_model_lists_the_choices():
-    with pytest.raises(ValueError, match=r"unknown model 'resnet50'; valid: tiny_cnn, small_cnn, resnet18"):
-        models.build_model("resnet50", num_classes=10, **STATS)
+    with pytest.raises(ValueError, match=r"unknown model 'resnet34'; valid: tiny_cnn, small_cnn, resnet18"):
+        models.build_model("resnet34", num_classes=10, **STATS)

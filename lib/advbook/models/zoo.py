@@ -5,7 +5,12 @@ know the dataset statistics. ``model.features(x)`` returns the penultimate activ
 ``model.head`` maps them to logits. The paper architectures follow the common CIFAR
 variants (3x3 stem, no initial max-pool); ``small_cnn`` and ``tiny_cnn`` stand in for
 them in the ``cpu`` and ``smoke`` profiles, and ``vgg11_small`` (VGG-11 at an eighth of its
-width) stands in for VGG-11.
+width) stands in for VGG-11. ``micro_cnn`` (half of ``tiny_cnn``'s width) is the smallest student of
+the RRM chapter; ``resnet50`` is its paper's student.
+
+``build_model(..., feature_dim=d)`` appends a linear map from the body's features to ``d``
+dimensions (see :func:`build_model`): representation matching compares a student's features with
+a teacher's, so both must have the teacher's dimension.
 """
 from __future__ import annotations
 
@@ -95,6 +100,46 @@ def _stage(block: Callable, cin: int, cout: int, n: int, stride: int) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
+class _Bottleneck(nn.Module):
+    """ResNet's bottleneck block (1x1 reduce, 3x3 with the stride, 1x1 expand to 4x ``planes``), as
+    the RRM reference code's ``robustness/cifar_models/resnet.py`` l.40-67 builds it."""
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int):
+        super().__init__()
+        cout = self.expansion * planes
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+def _resnet50() -> tuple[nn.Module, int]:
+    # The CIFAR ResNet-50 of the RRM reference (robustness/cifar_models/resnet.py l.70-128): 3x3 stem,
+    # no max-pool, [3, 4, 6, 3] bottleneck blocks, 2048-d features. The reference pools with
+    # avg_pool2d(out, 4), which is the global average on 32x32 images; the adaptive pool is the same
+    # there and also serves the 8x8 synthetic images of the tests. Its added_linear (2048 -> 512,
+    # l.89-93) is left out here: build_model(..., feature_dim=512) adds it where a teacher needs it.
+    layers, cin = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)], 64
+    for planes, n, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        blocks = []
+        for i in range(n):
+            blocks.append(_Bottleneck(cin, planes, stride if i == 0 else 1))
+            cin = planes * _Bottleneck.expansion
+        layers.append(nn.Sequential(*blocks))
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), cin
+
+
 def _resnet18() -> tuple[nn.Module, int]:
     body = nn.Sequential(
         nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
@@ -175,12 +220,29 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, int]]] = {
     "mobilenet_v2": _mobilenet_v2,
     "wrn34_10": _wide_resnet,
     "wrn40_2": lambda: _wide_resnet(depth=40, widen=2),   # Raghunathan et al. 2019's model (LEC-T1), 2.2M parameters
+    "micro_cnn": lambda: _small_cnn(4),   # the RRM chapter's smallest student (32-d features)
+    "resnet50": _resnet50,  # the RRM paper's student, 23.5M parameters (2048-d features)
 }
 
 
-def build_model(name: str, *, num_classes: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Classifier:
-    """Build a model from :data:`MODELS`; an unknown name fails with the valid choices."""
+def build_model(name: str, *, num_classes: int, mean: tuple[float, ...], std: tuple[float, ...],
+                feature_dim: int | None = None) -> Classifier:
+    """Build a model from :data:`MODELS`; an unknown name fails with the valid choices.
+
+    ``feature_dim``: the dimension of ``features()``. When it differs from the body's own, a linear
+    map ``nn.Linear(body_dim, feature_dim)`` (no activation after it) becomes the body's last layer
+    and the head reads its output: the RRM reference's ``added_linear``
+    (``robustness/cifar_models/resnet.py`` l.89-93, which maps ResNet-50's 2048-d features to 512
+    before the classifier). It is appended to the body's ``nn.Sequential``, so the keys of every
+    other layer stay those of the model without it. ``None`` or the body's dimension: the model
+    exactly as without the argument.
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+    if feature_dim is not None and (not isinstance(feature_dim, int) or isinstance(feature_dim, bool)
+                                    or feature_dim < 1):
+        raise ValueError(f"feature_dim must be None or an int >= 1, got {feature_dim!r}")
     body, dim = MODELS[name]()
+    if feature_dim is not None and feature_dim != dim:
+        body, dim = nn.Sequential(*body, nn.Linear(dim, feature_dim)), feature_dim
     return Classifier(body, dim, num_classes, mean=mean, std=std)

@@ -37,6 +37,10 @@ class StepContext:
     epoch: int                              # 0-based
     index: torch.Tensor                     # the batch's positions in the training split
     teacher: torch.nn.Module | None = None  # eval mode, same device as the batch
+    # What an objective carries from one call to the next within an epoch (Free AT's persistent
+    # perturbation): the loop gives every batch of an epoch the same dict, and a new one each epoch,
+    # so a run resumed from an epoch's checkpoint is bit-identical to an uninterrupted one.
+    state: dict = dataclasses.field(default_factory=dict)
 
 
 def kw_field(keyword: str, default: Any, *, init: bool = True):
@@ -61,6 +65,7 @@ class Objective:
     config: type                   # its frozen configuration class: TrainConfig.hyper is one
     needs_teacher: bool = False
     base: str | None = None        # objective run during the burn-in (epochs < hyper.reweight_from)
+    match_features: bool = False   # the student's features get the teacher's dimension (RRM's cosine)
 
     @property
     def keywords(self) -> tuple[str, ...]:

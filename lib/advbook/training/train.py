@@ -6,6 +6,13 @@ version, and loads them (``weights_only=True``). Otherwise it trains, writing a
 checkpoint atomically after every epoch, and a run killed midway resumes from the last
 one. The learning rate and the data order are pure functions of (seed, epoch, step),
 so a resumed run ends with the same weights as an uninterrupted one.
+
+The work on one minibatch is :func:`train_step`, the one place that sets the learning rate, calls
+the objective and steps the optimizer: the loop here and the timing of
+:mod:`advbook.training.timing` both run it. An objective whose configuration has a ``replays``
+attribute (Free AT's ``free_m``) is run that many times on each minibatch, one optimizer step per
+replay; the one-cycle schedule then counts optimizer steps, ``epochs * batches * replays`` of them,
+as the reference codes' schedulers do (``l_inf/train_free.py`` l.95 of the RRM code).
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ from advbook.training.framework import StepContext, hyper_keywords, keywords
 from advbook.training.registry import OBJECTIVES, base_hyper
 
 __all__ = ["TrainConfig", "SCHEDULE", "lr_per_epoch", "TrainedModel", "train_model", "trained_for", "augment", "predict", "model_key",
-           "OBJECTIVES"]
+           "OBJECTIVES", "replays_of", "build_student", "minibatch", "train_step"]
 
 TRAIN_CODE_VERSION = 2  # bump when the loop changes in a way that changes the weights
 
@@ -153,12 +160,73 @@ def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 def lr_per_epoch(cfg: TrainConfig, *, n_train: int) -> list[float]:
     """The mean learning rate of each epoch's steps under ``cfg``'s one-cycle schedule, for
-    ``n_train`` training images (the steps the loop takes: one per batch, the last one partial)."""
+    ``n_train`` training images (the steps the loop takes: one per batch, the last one partial, times
+    the objective's replays)."""
     if n_train < 1:
         raise ValueError(f"n_train must be >= 1, got {n_train}")
-    steps = (n_train + cfg.batch_size - 1) // cfg.batch_size
+    steps = (n_train + cfg.batch_size - 1) // cfg.batch_size * replays_of(cfg)
     total = cfg.epochs * steps
     return [sum(_lr_at(e * steps + b, total, cfg) for b in range(steps)) / steps for e in range(cfg.epochs)]
+
+
+def replays_of(cfg: TrainConfig) -> int:
+    """How many optimizer steps each minibatch gets: ``cfg.hyper.replays`` where the objective's
+    configuration has it (Free AT's ``free_m``), else 1."""
+    replays = getattr(cfg.hyper, "replays", 1)
+    if not isinstance(replays, int) or isinstance(replays, bool) or replays < 1:
+        raise ValueError(f"replays must be an int >= 1, got {replays!r}")
+    return replays
+
+
+def build_student(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: int,
+                  teacher: "TrainedModel | None" = None) -> tuple[Classifier, torch.optim.Optimizer]:
+    """The seeded starting point of a run: the network and its SGD optimizer (Nesterov momentum).
+
+    For an objective with ``match_features`` (RRM) the network's features get the teacher's
+    dimension, ``teacher.model.head.in_features`` (:func:`advbook.models.zoo.build_model`'s
+    ``feature_dim``: a linear map is appended where the dimensions differ); every other network is
+    built as without a teacher."""
+    match = OBJECTIVES[cfg.objective].match_features
+    if match and teacher is None:
+        raise ValueError(f"objective {cfg.objective!r} matches a teacher's features and needs a teacher model")
+    torch.manual_seed(seed)
+    net = build_model(model_name, num_classes=len(dataset.classes), mean=dataset.mean, std=dataset.std,
+                      feature_dim=teacher.model.head.in_features if match else None)
+    return net, torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, nesterov=True)
+
+
+def minibatch(split, idx: torch.Tensor, *, cfg: TrainConfig, generator: torch.Generator,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images (floats in [0, 1], augmented with ``generator`` when ``cfg.augment``, channels-last
+    on ``device``) and labels of ``split`` at ``idx``."""
+    xb = to_float(split.images[idx])
+    if cfg.augment:
+        xb = augment(xb, generator=generator)
+    return xb.to(device).contiguous(memory_format=torch.channels_last), split.labels[idx].to(device)
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, *, cfg: TrainConfig, x: torch.Tensor,
+               y: torch.Tensor, ctx: StepContext, step: int, total: int):
+    """One minibatch of training: for each of the objective's :func:`replays_of` replays, set the
+    learning rate, compute the objective's loss, back-propagate and step the optimizer.
+
+    ``step`` is the minibatch's index in the run and ``total`` the run's number of minibatches; the
+    learning rate of replay ``r`` is the schedule's at optimizer step ``step * replays + r`` of
+    ``total * replays``, so with one replay the schedule is the per-minibatch one. Every replay sees
+    the same ``ctx`` (seed included). Returns the last replay's ``(loss, logits, record)``: as the
+    reference codes report a replayed minibatch's loss and accuracy (``l_inf/train_free.py``
+    l.142-143)."""
+    objective = OBJECTIVES[cfg.objective]
+    replays = replays_of(cfg)
+    for r in range(replays):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step * replays + r, total * replays, cfg)
+        loss, logits, record = objective.loss(model, x, y, cfg, ctx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return loss, logits, record
 
 
 def model_key(*, model_name: str, dataset: Dataset, train_index: torch.Tensor | None,
@@ -223,7 +291,9 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
     """Train (or load from the cache) ``model_name`` on ``dataset.train[train_index]``.
 
     ``teacher`` (for objective ``"kd"``) is a trained model whose cache key becomes part of
-    this model's key, so a student is retrained when its teacher changes.
+    this model's key, so a student is retrained when its teacher changes. For an objective with
+    ``match_features`` (``"rrm"``) the student's features get the teacher's dimension
+    (:func:`build_student`).
 
     Shared burn-in: a reweighting objective runs its base objective, with the configuration
     :meth:`TrainConfig.burn_in` gives, for its first ``cfg.hyper.reweight_from`` epochs. Its state
@@ -243,10 +313,7 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
     final, last, meta_path = folder / "final.pt", folder / "last.pt", folder / "meta.json"
 
     def initial():  # the seeded starting point, also after an unreadable resume file
-        torch.manual_seed(seed)
-        net = build_model(model_name, num_classes=len(dataset.classes), mean=dataset.mean, std=dataset.std)
-        return net, torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay, nesterov=True)
+        return build_student(model_name=model_name, dataset=dataset, cfg=cfg, seed=seed, teacher=teacher)
 
     cached = _load_final(folder, key=key, build=lambda: initial()[0])
     if cached is not None:
@@ -293,24 +360,18 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
         model.train()
         loss_sum, correct, records = 0.0, 0, []
         step_cfg = burn_in if epoch < switch else cfg  # the base objective, with its own config, in the burn-in
-        step_objective = OBJECTIVES[step_cfg.objective]
+        # One state per epoch, shared by its batches (Free AT's perturbation), new at each epoch's
+        # start so that a run resumed from an epoch's checkpoint is bit-identical.
+        epoch_state: dict = {}
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            xb = to_float(split.images[idx])
-            if cfg.augment:
-                xb = augment(xb, generator=g)
-            xb = xb.to(device).contiguous(memory_format=torch.channels_last)
-            yb = split.labels[idx].to(device)
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(epoch * steps_per_epoch + b, total, cfg)
+            xb, yb = minibatch(split, idx, cfg=cfg, generator=g, device=device)
             batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
-            ctx = StepContext(seed=batch_seed, epoch=epoch, index=idx, teacher=teacher_net)
-            loss, logits, record = step_objective.loss(model, xb, yb, step_cfg, ctx)
+            ctx = StepContext(seed=batch_seed, epoch=epoch, index=idx, teacher=teacher_net, state=epoch_state)
+            loss, logits, record = train_step(model, opt, cfg=step_cfg, x=xb, y=yb, ctx=ctx,
+                                              step=epoch * steps_per_epoch + b, total=total)
             if record is not None:
                 records.append({"index": positions[idx], **{k: v.detach().cpu() for k, v in record.items()}})
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
             loss_sum += loss.item() * len(idx)
             correct += (logits.argmax(1) == yb).sum().item()
         seconds += time.perf_counter() - t0
