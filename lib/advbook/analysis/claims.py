@@ -143,13 +143,43 @@ def _wide(frame: pd.DataFrame, *, unit: str, value: str, pair_on: list[str]) -> 
     return frame.set_index(keys)[value].unstack(unit).astype(float)
 
 
-def _pair_test(wide: pd.DataFrame, a, b, *, level: float = 0.95) -> stats.Test:
-    """A minus B on the images both were evaluated on (a missing flag drops the image: NaN is not "right")."""
+def _shared_flags(wide: pd.DataFrame, a, b) -> tuple[np.ndarray, np.ndarray]:
+    """A's and B's flags on the images both were evaluated on (a missing flag drops the image: NaN is
+    not "right"); empty when one of them has no column."""
     if a not in wide or b not in wide:
-        return stats.mcnemar(np.zeros(0, bool), np.zeros(0, bool), level=level)
+        return np.zeros(0, bool), np.zeros(0, bool)
     va, vb = wide[a].to_numpy(float), wide[b].to_numpy(float)
     ok = np.isfinite(va) & np.isfinite(vb)
-    return stats.mcnemar(va[ok] != 0, vb[ok] != 0, level=level)
+    return va[ok] != 0, vb[ok] != 0
+
+
+def _pair_test(wide: pd.DataFrame, a, b, *, level: float = 0.95) -> stats.Test:
+    """A minus B on the images both were evaluated on."""
+    return stats.mcnemar(*_shared_flags(wide, a, b), level=level)
+
+
+def _rivals(claim: dict, frame: pd.DataFrame | None, focus) -> tuple[list, str]:
+    """The claim's rivals of ``focus`` that were run, or why the claim cannot be judged."""
+    if frame is None or not len(frame):
+        return [], claim.get("empty", "not run in this profile")
+    units = set(frame[claim["unit"]].unique())
+    if focus not in units:
+        return [], f"{focus} was not run in this profile"
+    rivals = [r for r in (claim.get("rivals") or sorted(units)) if r != focus and r in units]
+    return rivals, "" if rivals else "none of the rivals was run in this profile"
+
+
+def _paired_flags(claim: dict, frame: pd.DataFrame, pairs: list[tuple]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """For every cell (the claim's ``cells`` columns) and every pair (A, B): a label and A's and B's
+    flags (the claim's ``value``) on the images (``pair_on``) both were evaluated on."""
+    unit, value = claim["unit"], claim.get("value", "robust")
+    pair_on, cells = claim.get("pair_on", ["seed", "index"]), claim.get("cells", [])
+    out = []
+    for key, g in (frame.groupby(cells, sort=False) if cells else [((), frame)]):
+        key = key if isinstance(key, tuple) else (key,)
+        wide = _wide(g, unit=unit, value=value, pair_on=pair_on)
+        out += [(", ".join([*(str(k) for k in key), f"{a} vs {b}"]), *_shared_flags(wide, a, b)) for a, b in pairs]
+    return out
 
 
 def simultaneous(m: int) -> float:
@@ -190,28 +220,15 @@ def paired_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
     rival), seeds pooled, Holm over all of them. Holds when every adjusted p < alpha in the claimed
     direction; does not hold when any comparison is significant the other way; else inconclusive."""
     frame = _table(claim, tables)
-    unit, value = claim["unit"], claim.get("value", "robust")
-    pair_on = claim.get("pair_on", ["seed", "index"])
-    cells = claim.get("cells", [])
     focus = claim.get("winner", claim.get("loser"))
-    if frame is None or not len(frame):
-        return not_run(claim, ctx, claim.get("empty", "not run in this profile"))
-    units = set(frame[unit].unique())
-    if focus not in units:
-        return not_run(claim, ctx, f"{focus} was not run in this profile")
-    rivals = [r for r in (claim.get("rivals") or sorted(units)) if r != focus and r in units]
-    if not rivals:
-        return not_run(claim, ctx, "none of the rivals was run in this profile")
+    rivals, why_not = _rivals(claim, frame, focus)
+    if why_not:
+        return not_run(claim, ctx, why_not)
     pairs = [(focus, r) for r in rivals] if "winner" in claim else [(r, focus) for r in rivals]
-    groups = list(frame.groupby(cells, sort=False)) if cells else [((), frame)]
-    level = simultaneous(len(groups) * len(pairs))
-    labels, tests = [], []
-    for key, g in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        wide = _wide(g, unit=unit, value=value, pair_on=pair_on)
-        for a, b in pairs:
-            tests.append(_pair_test(wide, a, b, level=level))
-            labels.append(", ".join([*(str(k) for k in key), f"{a} vs {b}"]))
+    compared = _paired_flags(claim, frame, pairs)
+    level = simultaneous(len(compared))
+    labels = [label for label, _, _ in compared]
+    tests = [stats.mcnemar(a, b, level=level) for _, a, b in compared]
     if not any(t.n for t in tests):
         return not_run(claim, ctx, "no image was evaluated by both sides")
     adjusted = stats.holm([t.p for t in tests])
@@ -232,6 +249,83 @@ def paired_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
             else f"smallest lead over {focus} (points)")
     return _verdict(claim, ctx, outcome, dataclasses.replace(closest, name=name), why, list(zip(labels, tests)),
                     level=level)
+
+
+def _positive(claim: dict, key: str, what: str) -> float:
+    """The claim's setting ``key`` as a number above 0, or a one-line error naming the claim."""
+    v = claim.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"claim {claim.get('id')!r}: {key} must be {what} above 0, got {v!r}")
+    return float(v)
+
+
+def noninferior(claim: dict, tables: dict, ctx: Context) -> Verdict:
+    """``winner`` is not worse than any rival by ``margin`` points or more, in every cell, on the
+    same images (settings as :func:`paired_best`, plus ``margin``, in points, declared in the claim).
+
+    For each (cell, rival): the paired difference winner minus rival with the Agresti-Min interval
+    at the simultaneous (Bonferroni) level, and the one-sided z-test of H0: difference <= -margin,
+    Holm-adjusted over the comparisons (:func:`advbook.analysis.stats.noninferiority`; the plain
+    Wald interval of :func:`paired_best` would prove any margin on a handful of images two models
+    both get right). Holds when every interval lies above -margin (then every adjusted p is below
+    alpha too); does not hold when any lies below -margin; else inconclusive, with how many images
+    would move the least decided interval (largest p) off -margin if its difference stays.
+
+    The RRM paper's "comparable adversarial accuracy" (Ethos-lab/robust-representation-matching,
+    README.md line 19) is such a claim: a point-estimate comparison cannot show "not worse", only a
+    margin declared before the run can."""
+    margin = _positive(claim, "margin", "a number of points")
+    if "winner" not in claim:
+        raise ValueError(f"claim {claim.get('id')!r}: noninferior needs a winner")
+    frame = _table(claim, tables)
+    winner = claim["winner"]
+    rivals, why_not = _rivals(claim, frame, winner)
+    if why_not:
+        return not_run(claim, ctx, why_not)
+    compared = _paired_flags(claim, frame, [(winner, r) for r in rivals])
+    level = simultaneous(len(compared))
+    labels = [label for label, _, _ in compared]
+    tests = [stats.noninferiority(a, b, margin=margin, level=level) for _, a, b in compared]
+    if not any(t.n for t in tests):
+        return not_run(claim, ctx, "no image was evaluated by both sides")
+    adjusted = stats.holm([t.p for t in tests])
+    tests = [dataclasses.replace(t, p=p) for t, p in zip(tests, adjusted)]
+    above = [t.low > -margin for t in tests]
+    below = [t.high < -margin for t in tests]
+    if all(above):
+        outcome, why = "holds", (f"every interval lies above -{margin:g} points ({len(tests)} comparison"
+                                 f"{'s' if len(tests) != 1 else ''}).")
+    elif any(below):
+        outcome = "does not hold"
+        why = f"the interval lies below -{margin:g} points in {sum(below)} of {len(tests)} comparisons."
+    else:
+        outcome = "inconclusive"
+        why = (f"the interval lies above -{margin:g} points in {sum(above)} of {len(tests)} comparisons, below it "
+               "in none. " + _margin_hint(tests, [(a, b) for _, a, b in compared], labels, margin=margin,
+                                          seeds=len(ctx.seeds)))
+    closest = min(tests, key=lambda t: (t.estimate if math.isfinite(t.estimate) else math.inf))
+    head = dataclasses.replace(closest, name=f"smallest difference of {winner} (points)")
+    return _verdict(claim, ctx, outcome, head, f"Margin {margin:g} points, fixed in advance: {why}",
+                    list(zip(labels, tests)), level=level)
+
+
+def _margin_hint(tests: list[stats.Test], flags: list[tuple], labels: list[str], *, margin: float,
+                 seeds: int) -> str:
+    """How many images would decide the least decided comparison (largest p among those whose
+    interval holds -margin), if its difference and spread stay; per seed, as :func:`_size_hint`."""
+    open_ = [i for i, t in enumerate(tests) if t.n and t.low <= -margin <= t.high]
+    if not open_:
+        return ""
+    i = max(open_, key=lambda j: tests[j].p if math.isfinite(tests[j].p) else 1.0)
+    t, seeds = tests[i], max(1, seeds)
+    need = stats.noninferiority_sample_size(*flags[i], margin=margin, alpha=ALPHA / len(tests))
+    if need < 0:
+        return f"In {labels[i]} the difference is exactly -{margin:g} points: no number of images would decide it."
+    per = f" per seed ({seeds} seeds pooled)" if seeds > 1 else ""
+    side, way = ("above", "for") if t.estimate > -margin else ("below", "against")
+    return (f"If the difference in {labels[i]} ({t.estimate:+.1f} points) is real, about "
+            f"{math.ceil(need / seeds):,} paired images{per} (now {t.n // seeds:,}) would put its interval {side} "
+            f"-{margin:g}, {way} the claim, at 80% power (normal approximation).")
 
 
 def paper_best(claim: dict, tables: dict, ctx: Context) -> Verdict:
@@ -369,6 +463,131 @@ def median_threshold(claim: dict, tables: dict, ctx: Context) -> Verdict:
     claimed, other = (above, below) if direction == "above" else (below, above)
     outcome = "holds" if claimed else "does not hold" if other else "inconclusive"
     return _verdict(claim, ctx, outcome, t, f"threshold {r0:g} ({direction}) fixed in advance; {t.detail}.")
+
+
+def _methods(claim: dict, key: str, *, required: bool = True) -> list[str]:
+    """The claim's ``key`` as a list of method names (one name or a list of them)."""
+    v = claim.get(key, None if required else [])
+    names = [v] if isinstance(v, str) else v
+    if not isinstance(names, list) or not all(isinstance(m, str) for m in names) or (required and not names):
+        raise ValueError(f"claim {claim.get('id')!r}: {key} must be a method name or a list of them, got {v!r}")
+    return names
+
+
+def _time_region(claim: dict) -> tuple[float, float, str]:
+    """The region the ratio is claimed to lie in, as (low, high, words): ``below = b`` is (-inf, b),
+    ``between = [lo, hi]`` is (lo, hi)."""
+    given = [k for k in ("below", "between") if k in claim]
+    if len(given) != 1:
+        raise ValueError(f"claim {claim.get('id')!r}: time_ratio needs exactly one of below, between; "
+                         f"got {', '.join(given) or 'neither'}")
+    if given == ["below"]:
+        b = _positive(claim, "below", "a ratio")
+        return -math.inf, b, f"below {b:g}"
+    v = claim["between"]
+    ok = (isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                      and math.isfinite(x) for x in v) and 0 <= v[0] < v[1])
+    if not ok:
+        raise ValueError(f"claim {claim.get('id')!r}: between must be [low, high] with 0 <= low < high, got {v!r}")
+    return float(v[0]), float(v[1]), f"between {v[0]:g} and {v[1]:g}"
+
+
+def time_ratio(claim: dict, tables: dict, ctx: Context) -> Verdict:
+    """A method's time relative to another's: median(``numerator``) / median(``denominator``) lies
+    ``below`` a fixed ratio, or ``between`` [low, high], for each denominator (a method or a list).
+
+    The table (default ``"timings"``) has columns ``method``, ``repeat`` and ``value`` (default
+    ``"seconds_per_run"``). ``add`` lists methods whose times are added to the numerator repeat by
+    repeat (e.g. the student's time plus its teacher's; only repeats every one of them has count).
+    Interval: :func:`advbook.analysis.stats.ratio_of_medians`, a percentile bootstrap with the two
+    sides resampled independently (``n_resamples``, seeded by ``seed``), at the simultaneous level
+    over the denominators. The decision is by the interval alone, so the verdict carries no
+    p-value (NaN, left out of the verdict line). Holds when every interval lies inside the claimed
+    region; does not hold when any lies wholly outside it; else inconclusive, with a rough count of
+    repeats that would decide. Fewer than 2 repeats of a side leave its ratio without an interval.
+
+    The RRM reference reports a mean epoch time with +/- 1.962 standard errors
+    (Ethos-lab/robust-representation-matching, l_2/test.py lines 70-91, ``compute_time_stats``) and
+    its speed-ups as ratios ("~1.8x faster", README.md line 14), the teacher's training added where
+    it must be trained first (README.md line 25); here medians (a slow outlier moves a mean, never a
+    median) and an interval of the ratio itself, not of each time alone."""
+    low_edge, high_edge, region = _time_region(claim)
+    numerator = _methods(claim, "numerator") + _methods(claim, "add", required=False)
+    denominators = _methods(claim, "denominator")
+    n_resamples, seed = claim.get("n_resamples", 2000), claim.get("seed", 0)
+    for key, v, least in (("n_resamples", n_resamples, 1), ("seed", seed, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise ValueError(f"claim {claim.get('id')!r}: {key} must be an integer of at least {least}, got {v!r}")
+    frame = _table(claim | {"table": claim.get("table", "timings")}, tables)
+    value = claim.get("value", "seconds_per_run")
+    if frame is None or not len(frame):
+        return not_run(claim, ctx, claim.get("empty", "not timed in this profile"))
+    if value not in frame:
+        return not_run(claim, ctx, f"{value} was not measured in this run")
+    missing = [m for m in dict.fromkeys(numerator + denominators) if m not in set(frame["method"])]
+    if missing:
+        return not_run(claim, ctx, f"{', '.join(missing)} {'was' if len(missing) == 1 else 'were'} not timed "
+                       "in this run")
+    dup = frame.duplicated(["method", "repeat"])
+    if dup.any():
+        first = frame.loc[dup, ["method", "repeat"]].iloc[0].to_dict()
+        raise ValueError(f"several rows for one repeat of a method ({first}); add the column that tells them "
+                         "apart to the claim's where")
+    times = frame.set_index(["method", "repeat"])[value].astype(float)
+    top = pd.concat([times.xs(m) for m in numerator], axis=1, join="inner").sum(axis=1, skipna=False)
+    level = simultaneous(len(denominators))
+    labels = [f"{' + '.join(numerator)} / {d}" for d in denominators]
+    tests = [dataclasses.replace(stats.ratio_of_medians(top, times.xs(d), level=level, n_resamples=n_resamples,
+                                                        seed=seed), name=f"ratio of median {value} ({label})")
+             for d, label in zip(denominators, labels)]
+    inside = [low_edge < t.low and t.high < high_edge for t in tests]
+    outside = [t.high < low_edge or t.low > high_edge for t in tests]
+    counts = {" + ".join(numerator): int(np.isfinite(top).sum())} | {d: int(np.isfinite(times.xs(d)).sum())
+                                                                     for d in denominators}
+    short = [f"{m} ({k})" for m, k in counts.items() if k < 2]
+    why = (f"Ratio claimed {region}, fixed in advance; decided by the percentile-bootstrap interval of each "
+           "ratio (each method's repeats resampled on their own), no p-value.")
+    if short:
+        why += f" Fewer than 2 repeats of {', '.join(short)}: no interval."
+    if all(inside):
+        outcome = "holds"
+    elif any(outside):
+        outcome = "does not hold"
+    else:
+        outcome = "inconclusive"
+        why += " " + _repeats_hint(tests, labels, low_edge, high_edge)
+    worst = max(range(len(tests)), key=lambda i: (outside[i], not math.isfinite(tests[i].low),
+                                                  max(low_edge - tests[i].low, tests[i].high - high_edge)
+                                                  if math.isfinite(tests[i].low) else 0.0))
+    head = tests[worst]
+    if len(tests) > 1:
+        head = dataclasses.replace(head, name=f"ratio of median {value}, least favourable of {len(tests)} "
+                                   f"({labels[worst]})")
+    return _verdict(claim, ctx, outcome, head, why.rstrip(), list(zip(labels, tests)), level=level)
+
+
+def _repeats_hint(tests: list[stats.Test], labels: list[str], low_edge: float, high_edge: float) -> str:
+    """Roughly how many repeats of each method would decide the least decided ratio: an interval's
+    width shrinks as 1/sqrt(repeats), so it is scaled until the side that straddles an edge clears
+    it, the estimate held fixed (a percentile interval of medians is no exact normal one: approximate)."""
+    needs = []
+    for i, t in enumerate(tests):
+        r = t.estimate
+        if not (math.isfinite(t.low) and math.isfinite(t.high) and math.isfinite(r)) or r in (low_edge, high_edge):
+            continue
+        if low_edge < r < high_edge:
+            scale = max((t.high - r) / (high_edge - r), (r - t.low) / (r - low_edge)), "for"
+        elif r >= high_edge:
+            scale = (r - t.low) / (r - high_edge), "against"
+        else:
+            scale = (t.high - r) / (low_edge - r), "against"
+        if scale[0] >= 1:    # undecided: the interval still crosses the edge
+            needs.append((math.ceil(t.n * scale[0] ** 2), i, scale[1]))
+    if not needs:
+        return ""
+    need, i, way = max(needs)
+    return (f"About {need:,} repeats of each method (now {tests[i].n}) would decide {labels[i]}, {way} the claim, "
+            "if the spread stays (approximate: the interval's width scaled by 1/sqrt(repeats)).")
 
 
 def group_difference(claim: dict, tables: dict, ctx: Context) -> Verdict:
@@ -585,7 +804,8 @@ RULES: dict[str, Callable[[dict, dict, Context], Verdict]] = {
     "paired_best": paired_best, "paper_best": paper_best, "within_model": within_model,
     "correlation": correlation, "window_spread": window_spread, "ratio_above": ratio_above,
     "group_difference": group_difference, "flag_precision_best": flag_precision_best,
-    "gap_trend": gap_trend, "median_threshold": median_threshold,
+    "gap_trend": gap_trend, "median_threshold": median_threshold, "noninferior": noninferior,
+    "time_ratio": time_ratio,
 }
 
 

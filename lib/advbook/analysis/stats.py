@@ -14,6 +14,10 @@ Every function returns plain numbers (statistic, interval, p-value, n) so that t
   about 92-93% at rho = 0.8-0.9);
 * two groups of **different** images (classes): Mann-Whitney U and a bootstrap interval of the
   difference of means;
+* one model **not worse** than another by more than a margin, on the same images: the Agresti-Min
+  adjusted Wald interval of the paired difference and a one-sided z-test shifted by the margin;
+* a ratio of median timings of two methods timed separately: a percentile bootstrap, each method's
+  repeats resampled on their own;
 * several comparisons behind one claim: Holm's step-down correction.
 """
 from __future__ import annotations
@@ -25,7 +29,8 @@ import numpy as np
 from scipy import stats as _st
 
 __all__ = ["Test", "mcnemar", "paired_bootstrap", "spearman", "group_difference", "holm",
-           "mcnemar_sample_size", "spearman_sample_size", "bootstrap_mean", "mean_sample_size", "median_test"]
+           "mcnemar_sample_size", "spearman_sample_size", "bootstrap_mean", "mean_sample_size", "median_test",
+           "noninferiority", "noninferiority_sample_size", "ratio_of_medians"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +72,83 @@ def mcnemar(a, b, *, level: float = 0.95) -> Test:
     p = min(1.0, 2.0 * float(_st.binom.cdf(min(only_a, only_b), only_a + only_b, 0.5))) if only_a + only_b else 1.0
     return Test("accuracy difference (points)", est, est - half, est + half, p, n,
                 detail=f"{only_a} images only A gets right, {only_b} only B")
+
+
+def _discordant(a, b) -> tuple[int, int, int]:
+    """Images only A gets right, images only B gets right, and all images, of two flag vectors."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired flags need two vectors of one length, got {a.shape} and {b.shape}")
+    return int((a & ~b).sum()), int((~a & b).sum()), len(a)
+
+
+def _agresti_min(only_a: int, only_b: int, n: int) -> tuple[float, float]:
+    """The paired difference (a share) and its per-image standard deviation after adding 1/2 to each
+    cell of the 2x2 table (n + 2 images): Agresti and Min (2005), *Statistics in Medicine* 24:729,
+    the "Wald+2" interval, as in Agresti's R ``diffpropci`` (users.stat.ufl.edu/~aa/cda/R/matched).
+    The variance ((b + c + 1) - (b - c)^2 / (n + 2)) / (n + 2) is never 0, unlike the plain Wald's."""
+    m = n + 2
+    return (only_a - only_b) / m, math.sqrt(((only_a + only_b + 1) - (only_a - only_b) ** 2 / m) / m)
+
+
+def noninferiority(a, b, *, margin: float, level: float = 0.95) -> Test:
+    """A's accuracy minus B's on the same images, in points, tested against "A is worse by
+    ``margin`` points or more" (``a``, ``b``: per-image flags, right = True, in the same order).
+
+    Interval: the Agresti-Min adjusted Wald interval of the paired difference (:func:`_agresti_min`),
+    clipped to [-100, 100]. The plain Wald interval of :func:`mcnemar` has width 0 when no image is
+    discordant, so 10 images that two models both get right would "prove" any margin; the adjusted
+    one keeps a half-width of z * 100 / (n + 2) points there (16 at 10 images and 95 %) and matches
+    the Wald interval at thousands of images (statsmodels has no interval for paired proportions).
+    The estimate is the plain difference. p: one-sided z-test of H0: difference <= -margin,
+    z = (adjusted difference + margin) / standard error, the standard error of the interval, so the
+    interval's low end lies above -margin exactly when p < (1 - level) / 2."""
+    only_a, only_b, n = _discordant(a, b)
+    if n == 0:
+        return Test("accuracy difference (points)", math.nan, math.nan, math.nan, math.nan, 0)
+    centre, sd = _agresti_min(only_a, only_b, n)
+    se = sd / math.sqrt(n + 2)
+    half = _z(level) * se
+    p = float(_st.norm.sf((centre + margin / 100) / se))
+    return Test("accuracy difference (points)", 100 * (only_a - only_b) / n, 100 * max(-1.0, centre - half),
+                100 * min(1.0, centre + half), p, n, detail=f"{only_a} images only A gets right, {only_b} only B")
+
+
+def noninferiority_sample_size(a, b, *, margin: float, alpha: float = 0.05, power: float = 0.8) -> int:
+    """Images needed for the interval of :func:`noninferiority` (at level 1 - ``alpha``) to exclude
+    -``margin`` with probability ``power`` if the observed difference and its per-image spread stay
+    (normal approximation, :func:`mean_sample_size` with the Agresti-Min spread); -1 when the
+    difference is exactly -margin."""
+    only_a, only_b, n = _discordant(a, b)
+    if n == 0:
+        return -1
+    _, sd = _agresti_min(only_a, only_b, n)
+    return mean_sample_size(difference=(only_a - only_b) / n + margin / 100, sd=sd, alpha=alpha, power=power)
+
+
+def _median_ratio(u, v, axis=-1):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.median(u, axis=axis) / np.median(v, axis=axis)
+
+
+def ratio_of_medians(numerator, denominator, *, level: float = 0.95, n_resamples: int = 2000,
+                     seed: int = 0) -> Test:
+    """median(``numerator``) / median(``denominator``) of two methods' timings (finite values only)
+    with a percentile bootstrap interval in which the two samples are resampled independently
+    (scipy.stats.bootstrap, ``paired=False``): the methods were timed in separate runs, so repeat i
+    of one says nothing about repeat i of the other. Medians, because a timing's outliers (a
+    cache miss, another job on the machine) are slow, never fast. p: NaN, a rule decides by the
+    interval. Fewer than 2 values on a side: the ratio without an interval."""
+    u, v = np.asarray(numerator, float), np.asarray(denominator, float)
+    u, v = u[np.isfinite(u)], v[np.isfinite(v)]
+    est = float(_median_ratio(u, v)) if len(u) and len(v) else math.nan
+    detail = f"{len(u)} repeats over {len(v)}"
+    if len(u) < 2 or len(v) < 2:
+        return Test("ratio of medians", est, math.nan, math.nan, math.nan, min(len(u), len(v)), detail)
+    res = _st.bootstrap((u, v), _median_ratio, paired=False, vectorized=True, confidence_level=level,
+                        n_resamples=n_resamples, method="percentile", random_state=np.random.default_rng(seed))
+    return Test("ratio of medians", est, float(res.confidence_interval.low), float(res.confidence_interval.high),
+                math.nan, min(len(u), len(v)), detail)
 
 
 def paired_bootstrap(statistic, *columns, level: float = 0.95, n_resamples: int = 2000, seed: int = 0,
