@@ -1,5 +1,5 @@
 """The RRM chapter's training objectives (fgsm_rs, free_at, rrm, kd_rrm), the loop's replays and
-per-epoch state, and the students whose features match a teacher's."""
+per-epoch state, the students whose features match a teacher's, and the timing of training."""
 from __future__ import annotations
 
 import copy
@@ -14,7 +14,7 @@ from advbook import data
 from advbook.core import cache
 from advbook.attacks.core import pgd
 from advbook.models import build_model
-from advbook.training import objectives, rrm, train
+from advbook.training import objectives, rrm, timing, train
 from advbook.training.framework import StepContext
 from advbook.training.registry import OBJECTIVES
 
@@ -310,3 +310,61 @@ def test_other_objectives_build_the_model_as_before(synth, small_teacher):
                          (train.TrainConfig(objective="free_at"), None)):
         model, _ = train.build_student(model_name="tiny_cnn", dataset=synth, cfg=cfg, seed=0, teacher=teacher)
         assert same(weights(model), weights(plain)), cfg.objective
+
+
+# --- timing ------------------------------------------------------------------------------------------
+
+def test_time_training_gives_one_row_per_run_and_repeat_interleaved(synth, small_teacher, monkeypatch):
+    calls = []
+    real = timing.train_step
+    monkeypatch.setattr(timing, "train_step", lambda *a, **kw: calls.append(kw["cfg"].objective) or real(*a, **kw))
+    runs = {"standard": dict(model_name="tiny_cnn", cfg=train.TrainConfig(epochs=5, batch_size=16)),
+            "rrm": dict(model_name="micro_cnn", cfg=train.TrainConfig.build("rrm", epochs=2, batch_size=16),
+                        teacher=small_teacher),
+            "teacher": dict(model_name="small_cnn", cfg=train.TrainConfig(epochs=3, batch_size=32), n_train=400)}
+    rows = timing.time_training(runs=runs, dataset=synth, train_index=INDEX, n_batches=2, repeats=2, seed=0,
+                                device="cpu")
+    assert [(r["method"], r["repeat"]) for r in rows] == [(m, k) for k in range(2) for m in runs]
+    assert calls == ["standard"] * 3 + ["rrm"] * 3 + ["standard"] * 3 + ["standard"] * 3 + ["rrm"] * 3 + ["standard"] * 3
+    for r in rows:
+        cfg, n_train = runs[r["method"]]["cfg"], runs[r["method"]].get("n_train", 100)
+        assert r["seconds_per_batch"] > 0 and r["n_train"] == n_train
+        assert r["batches_per_epoch"] == math.ceil(n_train / cfg.batch_size) and r["epochs"] == cfg.epochs
+        assert r["seconds_per_epoch"] == r["seconds_per_batch"] * r["batches_per_epoch"]
+        assert r["seconds_per_run"] == r["seconds_per_epoch"] * cfg.epochs
+        assert r["device"].startswith("cpu (") and r["threads"] == torch.get_num_threads()
+    assert [r["batches_per_epoch"] for r in rows[:3]] == [7, 7, 13]
+
+
+def test_a_free_at_minibatch_costs_its_replays(synth):
+    runs = {f"m{m}": dict(model_name="tiny_cnn", cfg=train.TrainConfig.build("free_at", free_m=m, batch_size=64))
+            for m in (1, 4)}
+    rows = timing.time_training(runs=runs, dataset=synth, train_index=None, n_batches=4, repeats=3, seed=0,
+                                device="cpu")
+    per = {m: sorted(r["seconds_per_batch"] for r in rows if r["method"] == m)[1] for m in runs}  # medians
+    assert per["m4"] > 1.5 * per["m1"]
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(n_batches=0), r"^n_batches must be an int >= 1, got 0$"),
+    (dict(repeats=0), r"^repeats must be an int >= 1, got 0$"),
+    (dict(runs={}), r"^runs must be a non-empty dict"),
+    (dict(runs={"a": dict(model_name="tiny_cnn")}), r"^run 'a' must be a dict with model_name and cfg"),
+    (dict(runs={"a": dict(model_name="tiny_cnn", cfg=train.TrainConfig(), seeds=3)}),
+     r"^run 'a' must be a dict with model_name and cfg \(optional: teacher, n_train\), got \['cfg', 'model_name', 'seeds'\]$"),
+    (dict(runs={"a": dict(model_name="resnet19", cfg=train.TrainConfig())}), r"^run 'a': unknown model 'resnet19'; valid: "),
+    (dict(runs={"a": dict(model_name="tiny_cnn", cfg={"objective": "standard"})}),
+     r"^run 'a': cfg must be a TrainConfig, got dict$"),
+    (dict(runs={"a": dict(model_name="tiny_cnn", cfg=train.TrainConfig(objective="rrm"))}),
+     r"^run 'a': objective 'rrm' needs a teacher \(a TrainedModel\)$"),
+    (dict(runs={"a": dict(model_name="tiny_cnn", cfg=train.TrainConfig(), n_train=0)}),
+     r"^run 'a': n_train must be an int >= 1, got 0$"),
+    (dict(train_index=torch.arange(0)), r"^train_index must select at least one training image$"),
+])
+def test_time_training_refuses_bad_input_before_any_work(synth, change, message, monkeypatch):
+    monkeypatch.setattr(timing, "build_student", lambda **kw: pytest.fail("built a model"))
+    kw = dict(runs={"a": dict(model_name="tiny_cnn", cfg=train.TrainConfig())}, dataset=synth, train_index=INDEX,
+              n_batches=1, repeats=1, seed=0, device="cpu")
+    with pytest.raises(ValueError, match=message) as info:
+        timing.time_training(**{**kw, **change})
+    assert "\n" not in str(info.value)
