@@ -13,6 +13,17 @@ already done; AutoAttack also keeps its own state file there, so it resumes betw
 * ``fmn``: foolbox's ``LInfFMNAttack`` (minimum norm, robust if no adversarial within ``eps``);
 * ``autoattack``: the faithful port ``pyautoattack`` (``version="standard"``, or ``"custom"``:
   the standard version's settings restricted to the listed ``parts``, a reduced, labelled budget);
+* ``apgd_ce``: pyautoattack's ``APGDAttack`` alone with the cross-entropy loss, L-inf or L2
+  (``norm``), ``steps`` iterations and ``restarts`` random restarts (a restart attacks only the
+  samples the earlier ones left robust) - the reference evaluation of the RRM chapter, whose
+  ``l_inf/ibm_test.py`` (github:Ethos-lab/robust-representation-matching) runs ART's
+  ``AutoProjectedGradientDescent`` with ``eps_step=2*eps`` (l.151; pyautoattack's initial step is
+  the same 2 eps), ``batch_size`` 50 (l.25), the loss of its ``PyTorchClassifier``,
+  cross-entropy summed (l.118-120), and, as its README runs it (l.87), ``--pgd-iters 50`` and
+  ``--random-restarts 10``, passed as ``max_iter`` and ``nb_random_init`` (l.148-158);
+  ``l_2/ibm_test.py`` is the same with ``norm=2`` (l.155-165). ART's implementation judges a sample
+  by the last iterate of each restart, pyautoattack's by every iterate; on the tests' model the two
+  agree within one image of 200 (tests/test_apgd_ce.py);
 * ``square``: pyautoattack's Square attack with ``n_queries`` queries (black box);
 * ``spsa``: gradient-free SPSA (:mod:`advbook.spsa`; black box);
 * ``mde``: the margin-decomposition ensemble (:mod:`advbook.mde`): APGD-CE, MD, MD-MT and FAB-T
@@ -47,8 +58,8 @@ from advbook.attacks.spsa import spsa_attack
 from advbook.models.defended import is_randomized
 from advbook.training.framework import in_eval_mode
 
-__all__ = ["EVALUATIONS", "EVAL_CODE_VERSION", "AA_PARTS", "AA_STANDARD", "MDE_PARTS", "evaluate", "cw_loss",
-           "EvalResult", "pgd_predictions", "display_name", "code_version", "valid_settings"]
+__all__ = ["EVALUATIONS", "EVAL_CODE_VERSION", "AA_PARTS", "AA_STANDARD", "MDE_PARTS", "APGD_NORMS", "evaluate",
+           "cw_loss", "EvalResult", "pgd_predictions", "display_name", "code_version", "valid_settings"]
 
 
 def _fgsm(model, x, y, *, eps: float):
@@ -121,6 +132,28 @@ def _autoattack(model, x, y, *, eps: float, version: str = "standard", parts: li
         return model(x_adv.to(x.device)).argmax(1) == y
 
 
+APGD_NORMS = ("Linf", "L2")   # the threat models of APGD-CE here (pyautoattack also has L1)
+
+
+def _apgd_ce(model, x, y, *, eps: float, norm: str = "Linf", steps: int = 50, restarts: int = 1, seed: int = 0):
+    """pyautoattack's APGD with the CE loss, ``rho`` 0.75 and one EOT sample (its defaults, as in
+    AutoAttack's standard version); 50 steps as in the RRM reference evaluation, one restart as in
+    AutoAttack's standard APGD-CE (the reference's 10 are a setting)."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    attack = APGDAttack(model, n_iter=steps, norm=norm, n_restarts=restarts, eps=eps, seed=seed, loss="ce",
+                        device=x.device)
+    x_adv = attack.perturb(x, y)
+    with torch.no_grad():
+        return model(x_adv).argmax(1) == y
+
+
+def _apgd_settings(settings: dict) -> tuple:
+    """(norm, steps, restarts) of apgd_ce ``settings``, its defaults where left out."""
+    defaults = {p.name: p.default for p in inspect.signature(_apgd_ce).parameters.values()}
+    return tuple(settings.get(k, defaults[k]) for k in ("norm", "steps", "restarts"))
+
+
 def _square_examples(model, x, y, *, eps: float, n_queries: int, seed: int = 0) -> torch.Tensor:
     """pyautoattack's Square attack (L-inf, one restart, ``p_init`` 0.8 as in AutoAttack): its examples."""
     from pyautoattack.square import SquareAttack
@@ -169,17 +202,18 @@ def _mde(model, x, y, *, eps: float, parts: list | tuple = MDE_PARTS, steps: int
 
 
 EVALUATIONS: dict[str, Callable] = {"fgsm": _fgsm, "pgd": _pgd, "cw": _cw, "fmn": _fmn,
-                                    "autoattack": _autoattack, "square": _square, "spsa": _spsa, "mde": _mde}
+                                    "autoattack": _autoattack, "square": _square, "spsa": _spsa, "mde": _mde,
+                                    "apgd_ce": _apgd_ce}
 
 # The code version of each evaluation. Bump an entry whenever a change to the code behind it (the
 # function above, or the attack it calls in advbook.attacks) can change its flags: its resume
 # files then no longer match and are recomputed, while every other evaluation's are still read.
 EVAL_CODE_VERSION: dict[str, int] = {"fgsm": 1, "pgd": 1, "cw": 1, "fmn": 1, "autoattack": 1, "square": 1,
-                                     "spsa": 1, "mde": 1}
+                                     "spsa": 1, "mde": 1, "apgd_ce": 1}
 SUITE_VERSION = 1   # what every evaluation shares: natural flags first, batching, seeds, file format
 _CALLS = {"mde": ("autoattack",)}   # evaluations that run another one's code
 _LIBRARIES = {"fmn": ("foolbox",), "autoattack": ("pyautoattack",), "square": ("pyautoattack",),
-              "mde": ("pyautoattack",)}
+              "mde": ("pyautoattack",), "apgd_ce": ("pyautoattack",)}
 _INJECTED = frozenset({"batch_size", "state_path"})   # supplied by evaluate(), not settings
 
 
@@ -227,6 +261,12 @@ def _check(attacks: dict[str, dict]) -> None:
             wrong = sorted(set(settings.get("parts", MDE_PARTS)) - set(MDE_PARTS))
             if wrong:
                 raise ValueError(f"unknown MDE part(s) {', '.join(wrong)}; valid: {', '.join(MDE_PARTS)}")
+        if kind == "apgd_ce":
+            norm, steps, restarts = _apgd_settings(settings)
+            if norm not in APGD_NORMS:
+                raise ValueError(f"{name}: unknown norm {norm!r}; valid: {', '.join(APGD_NORMS)}")
+            if not (isinstance(steps, int) and steps >= 1 and isinstance(restarts, int) and restarts >= 1):
+                raise ValueError(f"{name}: steps and restarts must be integers >= 1, got {steps!r} and {restarts!r}")
         if kind == "autoattack":
             version, parts = settings.get("version", "standard"), settings.get("parts")
             if version not in ("standard", "custom"):
@@ -248,7 +288,7 @@ _PART_NAMES = {"apgd-ce": "APGD-CE", "apgd-dlr": "APGD-DLR", "apgd-t": "APGD-T",
 def display_name(name: str, settings: dict) -> str:
     """The name of what actually ran under ``settings``: "AutoAttack" and "MDE" only with all their
     parts (else the parts that ran, e.g. "APGD-CE" or "MD + MD-MT"), and the budget of a single
-    iterative attack ("PGD-20", "Square-5000")."""
+    iterative attack ("PGD-20", "Square-5000"; "APGD-CE, 50 steps, 1 restart")."""
     kind = name.split(":")[0]
     if kind in ("autoattack", "mde"):
         full, label = (AA_STANDARD, "AutoAttack") if kind == "autoattack" else (MDE_PARTS, "MDE")
@@ -257,6 +297,10 @@ def display_name(name: str, settings: dict) -> str:
         if sorted(parts) == sorted(full):
             return label
         return " + ".join(_PART_NAMES.get(p, p) for p in parts)
+    if kind == "apgd_ce":
+        norm, steps, restarts = _apgd_settings(settings)
+        label = "APGD-CE" if norm == "Linf" else f"APGD-CE ({norm})"
+        return f"{label}, {steps} steps, {restarts} restart{'s' if restarts != 1 else ''}"
     budget = {"fgsm": None, "pgd": "steps", "cw": "steps", "fmn": "steps", "square": "n_queries", "spsa": "steps"}
     base = {"fgsm": "FGSM", "pgd": "PGD", "cw": "CW", "fmn": "FMN", "square": "Square", "spsa": "SPSA"}.get(kind, name)
     key = budget.get(kind)
