@@ -16,6 +16,7 @@ import math
 from typing import Any, Callable
 
 from advbook.book import schemas_lec   # the LEC chapter's parameters, in their own module
+from advbook.book import schemas_rrm   # the RRM chapter's
 from advbook.book.param import ATTACK as _ATTACK, COMMON as _COMMON, TRAIN as _TRAIN, Param, ParameterError, parse_value
 
 __all__ = ["Param", "SCHEMAS", "PROFILES", "load_profiles", "parse_value", "ParameterError", "Rule", "RULES",
@@ -261,6 +262,18 @@ def cross_check(experiment: str, params: dict) -> None:
 
 
 SCHEMAS.update(schemas_lec.SCHEMAS)
+SCHEMAS.update(schemas_rrm.SCHEMAS)
+
+# The RRM pages: the students learn from the first of the teacher's images; budgets in [0, 1] under L-inf.
+_RRM = (_train_per_class("teacher_per_class"),
+        _at_most("student_per_class", "teacher_per_class", "the students learn from images the teacher was trained on"),
+        *_per_class("n_eval"),
+        Rule(lambda p: p["threat"] != "linf" or p["eval_eps"] <= 1.0,
+             lambda p: f"eval_eps={p['eval_eps']!r} must be at most 1 with threat=linf (pixel values lie in [0, 1])"))
+RULES.update({"rrm_speedup": _RRM, "rrm_transfer": _RRM, "rrm_capacity": _RRM,
+              "rrm_lambda": (*_RRM, Rule(lambda p: len(p["lambdas"]) >= 2 and p["lambdas"] == sorted(p["lambdas"]),
+                                         lambda p: f"lambdas={p['lambdas']!r} must be at least two values in "
+                                                   "increasing order (the claims compare the two ends)"))})
 # Pages built from the other pages' artifacts (the claims page, the section map): the profile only.
 SCHEMAS["claims"] = {}
 SCHEMAS["where"] = {}

@@ -27,7 +27,8 @@ SECTIONS = {"HOL-F2": "hol-ddb", "HOL-F3": "hol-toy", "HOL-T1": "hol-freq", "HOL
             **{f"VIR-T{i}": "vir-ablations" for i in (6, 7, 9, 10, 11, 12)},
             "LEC-F1": "lec-examples", "LEC-F2": "lec-examples",
             **{f"LEC-F{i}": "lec-whitebox" for i in range(3, 9)}, "LEC-F9": "lec-beyond", "LEC-F10": "lec-beyond",
-            "LEC-F11": "lec-defenses", "LEC-T1": "lec-tradeoff"}
+            "LEC-F11": "lec-defenses", "LEC-T1": "lec-tradeoff",
+            "RRM-T1": "rrm-speedup", "RRM-T2": "rrm-transfer", "RRM-F3": "rrm-lambda", "RRM-F4": "rrm-capacity"}
 
 
 def _expand_paper_best(claim: dict) -> list[dict]:
@@ -183,7 +184,8 @@ PAGES = {"hol-ddb": "01_hol_ddb", "hol-toy": "02_hol_toy_paths", "hol-freq": "03
          "hol-trust": "04_hol_trust", "hol-kd": "05_hol_distillation", "vir-main": "06_vir_main",
          "vir-ablations": "07_vir_ablations", "vir-scale": "08_vir_scale", "lec-examples": "11_lec_examples",
          "lec-whitebox": "12_lec_whitebox", "lec-beyond": "13_lec_beyond", "lec-defenses": "14_lec_defenses",
-         "lec-tradeoff": "15_lec_tradeoff"}
+         "lec-tradeoff": "15_lec_tradeoff", "rrm-speedup": "16_rrm_speedup", "rrm-transfer": "17_rrm_transfer",
+         "rrm-lambda": "18_rrm_lambda", "rrm-capacity": "19_rrm_capacity"}
 
 
 def decide_all(folder: Path) -> list[engine.Verdict]:
