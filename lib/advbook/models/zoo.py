@@ -23,8 +23,32 @@ import torch.nn.functional as F
 __all__ = ["Classifier", "MODELS", "build_model"]
 
 
+# The modules a body may end with after its last convolutional block: the global pooling (a fixed
+# max-pool in VGG, whose last 2x2 map it reduces to 1x1 on 32x32 images), Flatten, and the
+# projection that build_model(feature_dim=...) appends.
+_TAIL = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten, nn.Linear)
+
+
+def _tail_start(body: nn.Module) -> int | None:
+    """Index of the first module of ``body``'s trailing run of :data:`_TAIL` modules; ``None`` when
+    ``body`` is not an ``nn.Sequential`` or has no such tail (then it has no feature map to split)."""
+    if not isinstance(body, nn.Sequential):
+        return None
+    start = len(body)
+    while start > 0 and isinstance(body[start - 1], _TAIL):
+        start -= 1
+    return start if 0 < start < len(body) else None
+
+
 class Classifier(nn.Module):
-    """``head(body(normalise(x)))``; ``features`` is ``body(normalise(x))``."""
+    """``head(body(normalise(x)))``; ``features`` is ``body(normalise(x))``.
+
+    ``feature_map(x)`` is the body's last convolutional feature map (B, C, H, W), the output of the
+    body before its tail of global pooling, Flatten and optional projection; ``features_from_map``
+    runs that tail, so ``features(x)`` equals ``features_from_map(feature_map(x))`` (the same modules
+    in the same order). The split point is an int found once here, not a submodule, so the
+    ``state_dict`` keys (and every cached model) stay as they were.
+    """
 
     def __init__(self, body: nn.Module, feature_dim: int, num_classes: int, *,
                  mean: tuple[float, ...], std: tuple[float, ...]):
@@ -33,9 +57,35 @@ class Classifier(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
         self.body = body
         self.head = nn.Linear(feature_dim, num_classes)
+        self._split_at = _tail_start(body)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body((x - self.mean) / self.std)
+
+    def _split(self) -> int:
+        if self._split_at is None:
+            raise ValueError("feature_map needs a body nn.Sequential ending in global pooling and Flatten, "
+                             f"got {type(self.body).__name__}")
+        return self._split_at
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last convolutional feature map (B, C, H, W) of the images ``x`` in [0, 1]: the map
+        the AGKD-BML reference's WideResNet returns as ``feature`` (``custom_models/model.py`` l.89,
+        after the last BN-ReLU, before ``avg_pool2d``, l.90). In every zoo body it follows an
+        activation, so it is non-negative."""
+        out = (x - self.mean) / self.std
+        for layer in self.body[:self._split()]:
+            out = layer(out)
+        return out
+
+    def features_from_map(self, fmap: torch.Tensor) -> torch.Tensor:
+        """The penultimate features from a :meth:`feature_map`: the body's pooling, Flatten and
+        projection; ``head`` of it gives the logits, so one pass through the body yields the map,
+        the features and the logits together."""
+        out = fmap
+        for layer in self.body[self._split():]:
+            out = layer(out)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
