@@ -209,8 +209,23 @@ def timings(rng, spec: dict[str, tuple[float, float]], *, repeats: int = 10) -> 
 
 def ratio_claim(**extra) -> dict:
     claim = {"id": "SIM.t", "artifact": "RRM-T2", "statement": "The student trains in a tenth of the time.",
-             "rule": "time_ratio", "numerator": "student", "denominator": "madry", "below": 0.5}
+             "rule": "time_ratio", "numerator": "student", "denominator": "madry", "below": 0.5,
+             "paired": False}   # the simulated timings below are independent draws, not interleaved rounds
     return {k: v for k, v in claim.items() if not ("between" in extra and k == "below")} | extra
+
+
+def test_paired_rounds_cancel_a_load_shared_by_every_method():
+    """Interleaved timing: a round slowed by another job slows every method by the same factor. The
+    paired interval (the default) sees through it, the independent one cannot; both contain the truth."""
+    load = np.exp(1.2 * np.random.default_rng(5).standard_normal(8))   # a common factor per round
+    frame = pd.DataFrame([{"method": m, "repeat": r, "seconds_per_run": base * load[r] * (1 + 0.01 * (r % 3))}
+                          for m, base in (("student", 1.0), ("madry", 4.0)) for r in range(8)])
+    paired = claims.decide(ratio_claim(paired=True), {"timings": frame}, CTX)
+    independent = claims.decide(ratio_claim(), {"timings": frame}, CTX)
+    assert paired.outcome == "holds" and paired.high < 0.3 and paired.low <= 0.25 <= paired.high, paired.line()
+    assert independent.outcome == "inconclusive" and independent.high > 0.5, independent.line()
+    with pytest.raises(ValueError, match="paired must be true or false"):
+        claims.decide(ratio_claim(paired="yes"), {"timings": frame}, CTX)
 
 
 TIGHT = {"student": (1.0, 0.02), "teacher": (3.0, 0.02), "madry": (10.0, 0.02)}

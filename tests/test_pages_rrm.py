@@ -208,9 +208,33 @@ def test_the_figures_fit_the_column_and_name_what_they_show():
             plots_rrm.lambda_curves(f3, n=500, reference=0.005), plots_rrm.capacity_curves(f4, n=500, teacher={"apgd_ce": 40})]
     for fig in figs:
         assert isinstance(fig, Figure) and fig.get_figwidth() <= plots.COLUMN_INCHES
-    texts = [t.get_text() for t in figs[0].axes[0].texts]
-    assert {"SAT", "RRM", "RRM + its teacher"} <= set(texts)
+    assert [t.get_text() for t in figs[0].axes[0].get_yticklabels()] == ["SAT", "RRM", "RRM + its teacher"]
+    assert [t.get_text() for t in figs[0].axes[0].texts] == ["100 s", "20 s", "220 s"]
     assert figs[2].axes[0].get_xscale() == "log" and figs[3].axes[0].get_xscale() == "log"
     assert set(plots_rrm.FIGURES) <= set(plots.FIGURES)
     with pytest.raises(ValueError, match="lacks column"):
         plots_rrm.time_vs_accuracy(t1.drop(columns="seconds"), n=500)
+
+
+def test_feature_agreement_of_a_copy_is_exact_and_of_a_stranger_is_lower(synth, tiny_model):
+    import copy
+    import types
+
+    import torch
+
+    from advbook import data
+    from advbook.models.zoo import build_model
+
+    teacher = types.SimpleNamespace(model=tiny_model)
+    torch.manual_seed(1)
+    stranger = build_model("tiny_cnn", num_classes=4, mean=synth.mean, std=synth.std)
+    x, y = data.to_float(synth.test.images), synth.test.labels
+    out = rrm.feature_agreement({"copy": types.SimpleNamespace(model=copy.deepcopy(tiny_model)),
+                                 "stranger": types.SimpleNamespace(model=stranger)}, teacher, x=x, y=y).set_index("model")
+    assert out.loc["copy", "cosine, same image"] == pytest.approx(1.0, abs=1e-5)
+    assert out.loc["copy", "teacher's head accuracy (%)"] == out.loc["teacher", "teacher's head accuracy (%)"] > 50
+    assert out.loc["teacher", "cosine, different images"] < 1.0
+    assert out.loc["stranger", "teacher's head accuracy (%)"] < out.loc["teacher", "teacher's head accuracy (%)"]
+    small = build_model("micro_cnn", num_classes=4, mean=synth.mean, std=synth.std)
+    with pytest.raises(ValueError, match=r"small: features of shape \(32,\), the teacher's are \(64,\)"):
+        rrm.feature_agreement({"small": types.SimpleNamespace(model=small)}, teacher, x=x, y=y)

@@ -499,9 +499,11 @@ def time_ratio(claim: dict, tables: dict, ctx: Context) -> Verdict:
     The table (default ``"timings"``) has columns ``method``, ``repeat`` and ``value`` (default
     ``"seconds_per_run"``). ``add`` lists methods whose times are added to the numerator repeat by
     repeat (e.g. the student's time plus its teacher's; only repeats every one of them has count).
-    Interval: :func:`advbook.analysis.stats.ratio_of_medians`, a percentile bootstrap with the two
-    sides resampled independently (``n_resamples``, seeded by ``seed``), at the simultaneous level
-    over the denominators. The decision is by the interval alone, so the verdict carries no
+    Interval: :func:`advbook.analysis.stats.ratio_of_medians`, a percentile bootstrap
+    (``n_resamples``, seeded by ``seed``) at the simultaneous level over the denominators. With
+    ``paired`` (the default) the two sides are resampled round by round (``repeat``), as the book's
+    timing interleaves every method within a round, so a round slowed by another job on the machine
+    slows both sides; ``paired = false`` resamples them independently (timings from separate runs). The decision is by the interval alone, so the verdict carries no
     p-value (NaN, left out of the verdict line). Holds when every interval lies inside the claimed
     region; does not hold when any lies wholly outside it; else inconclusive, with a rough count of
     repeats that would decide. Fewer than 2 repeats of a side leave its ratio without an interval.
@@ -537,8 +539,18 @@ def time_ratio(claim: dict, tables: dict, ctx: Context) -> Verdict:
     top = pd.concat([times.xs(m) for m in numerator], axis=1, join="inner").sum(axis=1, skipna=False)
     level = simultaneous(len(denominators))
     labels = [f"{' + '.join(numerator)} / {d}" for d in denominators]
-    tests = [dataclasses.replace(stats.ratio_of_medians(top, times.xs(d), level=level, n_resamples=n_resamples,
-                                                        seed=seed), name=f"ratio of median {value} ({label})")
+    paired = claim.get("paired", True)
+    if not isinstance(paired, bool):
+        raise ValueError(f"claim {claim.get('id')!r}: paired must be true or false, got {paired!r}")
+
+    def sides(d):
+        if not paired:
+            return top, times.xs(d)
+        both = pd.concat([top, times.xs(d)], axis=1, join="inner")
+        return both.iloc[:, 0], both.iloc[:, 1]
+
+    tests = [dataclasses.replace(stats.ratio_of_medians(*sides(d), level=level, n_resamples=n_resamples, seed=seed,
+                                                        paired=paired), name=f"ratio of median {value} ({label})")
              for d, label in zip(denominators, labels)]
     inside = [low_edge < t.low and t.high < high_edge for t in tests]
     outside = [t.high < low_edge or t.low > high_edge for t in tests]
@@ -546,7 +558,8 @@ def time_ratio(claim: dict, tables: dict, ctx: Context) -> Verdict:
                                                                      for d in denominators}
     short = [f"{m} ({k})" for m, k in counts.items() if k < 2]
     why = (f"Ratio claimed {region}, fixed in advance; decided by the percentile-bootstrap interval of each "
-           "ratio (each method's repeats resampled on their own), no p-value.")
+           + ("ratio (the timing rounds resampled together: every method was timed in each round), no p-value."
+              if paired else "ratio (each method's repeats resampled on their own), no p-value."))
     if short:
         why += f" Fewer than 2 repeats of {', '.join(short)}: no interval."
     if all(inside):

@@ -132,20 +132,31 @@ def _median_ratio(u, v, axis=-1):
 
 
 def ratio_of_medians(numerator, denominator, *, level: float = 0.95, n_resamples: int = 2000,
-                     seed: int = 0) -> Test:
+                     seed: int = 0, paired: bool = False) -> Test:
     """median(``numerator``) / median(``denominator``) of two methods' timings (finite values only)
     with a percentile bootstrap interval in which the two samples are resampled independently
     (scipy.stats.bootstrap, ``paired=False``): the methods were timed in separate runs, so repeat i
     of one says nothing about repeat i of the other. Medians, because a timing's outliers (a
     cache miss, another job on the machine) are slow, never fast. p: NaN, a rule decides by the
-    interval. Fewer than 2 values on a side: the ratio without an interval."""
+    interval. Fewer than 2 values on a side: the ratio without an interval.
+
+    With ``paired``, value i of both sides was measured in the same round (interleaved timing, as
+    :func:`advbook.training.timing.time_training` does): the rounds are resampled together, so that a
+    round slowed by load for every method moves both medians alike, and only the rounds where both
+    sides are finite count."""
     u, v = np.asarray(numerator, float), np.asarray(denominator, float)
-    u, v = u[np.isfinite(u)], v[np.isfinite(v)]
+    if paired:
+        if len(u) != len(v):
+            raise ValueError(f"paired timings need one value per round on each side, got {len(u)} and {len(v)}")
+        ok = np.isfinite(u) & np.isfinite(v)
+        u, v = u[ok], v[ok]
+    else:
+        u, v = u[np.isfinite(u)], v[np.isfinite(v)]
     est = float(_median_ratio(u, v)) if len(u) and len(v) else math.nan
-    detail = f"{len(u)} repeats over {len(v)}"
+    detail = f"{len(u)} rounds, paired" if paired else f"{len(u)} repeats over {len(v)}"
     if len(u) < 2 or len(v) < 2:
         return Test("ratio of medians", est, math.nan, math.nan, math.nan, min(len(u), len(v)), detail)
-    res = _st.bootstrap((u, v), _median_ratio, paired=False, vectorized=True, confidence_level=level,
+    res = _st.bootstrap((u, v), _median_ratio, paired=paired, vectorized=True, confidence_level=level,
                         n_resamples=n_resamples, method="percentile", random_state=np.random.default_rng(seed))
     return Test("ratio of medians", est, float(res.confidence_interval.low), float(res.confidence_interval.high),
                 math.nan, min(len(u), len(v)), detail)

@@ -19,9 +19,9 @@ from advbook.book.report import new_figure
 __all__ = ["FIGURES", "time_vs_accuracy", "transfer_bars", "lambda_curves", "capacity_curves"]
 
 FIGURES = {
-    "RRM-T1": "scatter plot of each method's accuracy under APGD-CE (filled) and on clean images (hollow) against "
-              "its training time measured in this run (log scale): SAT, the two Fast AT variants, Free AT, RRM, "
-              "and RRM with its teacher's training time added",
+    "RRM-T1": "two bar panels with one row per method (SAT, the two Fast AT variants, Free AT, RRM, and RRM with "
+              "its teacher's training time added): its training time measured in this run (log scale), and its "
+              "clean and APGD-CE accuracy with 95% intervals",
     "RRM-T2": "grouped bars of natural and APGD-CE accuracy of the students trained from one robust teacher: "
               "standard training, RDT, KD as in the RRM code, textbook KD and RRM, the teacher's own accuracies "
               "as lines",
@@ -41,7 +41,7 @@ def _wilson(acc_percent: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndar
     k = np.round(np.asarray(acc_percent, float) / 100 * n)
     lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
     acc = np.asarray(acc_percent, float)
-    return acc - 100 * lo, 100 * hi - acc
+    return np.clip(acc - 100 * lo, 0, None), np.clip(100 * hi - acc, 0, None)   # 0 or 100 %: rounding
 
 
 def _need(frame: pd.DataFrame, columns) -> None:
@@ -52,26 +52,38 @@ def _need(frame: pd.DataFrame, columns) -> None:
 
 def time_vs_accuracy(table: pd.DataFrame, *, n: int, title: str = "", device: str = ""):
     """RRM-T1 from :func:`advbook.evaluation.rrm.speedup_table` (columns method, seconds, natural,
-    apgd_ce): one point per row at its measured training time, APGD-CE filled and clean hollow,
-    joined by a thin line, each labelled with the method."""
+    apgd_ce): two panels with one row per method, (a) its training time measured in this run (log
+    scale, the time written at each bar) and (b) its clean and APGD-CE accuracy with 95 % intervals."""
     _need(table, ("method", "seconds", "natural", "apgd_ce"))
-    fig = new_figure(width=COLUMN_INCHES, height=4.2)
-    ax = fig.subplots()
-    x = table["seconds"].to_numpy(float)
-    for col, filled in (("apgd_ce", True), ("natural", False)):
-        y = table[col].to_numpy(float)
-        ax.errorbar(x, y, yerr=_wilson(y, n), fmt="o", ms=6, capsize=2, color=_COLOURS[col],
-                    mfc=_COLOURS[col] if filled else "white", label=_NAMES[col])
-    for xi, lo, hi, name in zip(x, table["apgd_ce"], table["natural"], table["method"]):
-        ax.plot([xi, xi], [lo, hi], color="0.8", linewidth=0.8, zorder=0)
-        ax.annotate(name, (xi, hi), textcoords="offset points", xytext=(4, 4), fontsize=MIN_FONT)
-    ax.set_xscale("log")
-    ax.set_xlabel(f"training time measured in this run (s){', ' + device if device else ''}", fontsize=9)
-    ax.set_ylabel("accuracy (%)", fontsize=9)
-    ax.set_ylim(0, 100)
-    ax.tick_params(labelsize=MIN_FONT)
-    ax.legend(fontsize=MIN_FONT, loc="lower right")
-    ax.grid(alpha=0.3)
+    rows = len(table)
+    fig = new_figure(width=COLUMN_INCHES, height=1.2 + 0.55 * rows)
+    ax_t, ax_a = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1, 1.3]})
+    ys = np.arange(rows)[::-1].astype(float)
+    secs = table["seconds"].to_numpy(float)
+    ax_t.barh(ys, secs, height=0.6, color="0.6")
+    for y, v in zip(ys, secs):
+        ax_t.text(v * 1.05, y, f"{v:.0f} s", va="center", fontsize=MIN_FONT)
+    ax_t.set_xscale("log")
+    ax_t.set_xlim(secs.min() / 2, secs.max() * 4)
+    ax_t.set_xlabel("(a) training time, measured in this run (s, log)", fontsize=9)
+    ax_t.set_yticks(ys, table["method"].tolist(), fontsize=MIN_FONT)
+    height = 0.36
+    for k, col in enumerate(("natural", "apgd_ce")):
+        y_off = ys + (0.5 - k) * height
+        acc = table[col].to_numpy(float)
+        err = _wilson(acc, n)
+        ax_a.barh(y_off, acc, height=height * 0.92, color=_COLOURS[col], label=_NAMES[col],
+                  xerr=err, capsize=2, error_kw={"elinewidth": 0.8})
+        for y, v, e in zip(y_off, acc, err[1]):
+            ax_a.text(v + e + 1.5, y, f"{v:.1f}", va="center", fontsize=MIN_FONT)
+    ax_a.set_xlim(0, 100)
+    ax_a.set_xlabel("(b) accuracy (%), 95 % intervals", fontsize=9)
+    ax_a.legend(fontsize=MIN_FONT, loc="lower right")
+    for ax in (ax_t, ax_a):
+        ax.tick_params(labelsize=MIN_FONT)
+        ax.grid(axis="x", alpha=0.3)
+    if device:
+        fig.supxlabel(f"timed on {device}", fontsize=MIN_FONT)
     _title(fig, title)
     return fig
 
@@ -88,9 +100,10 @@ def transfer_bars(table: pd.DataFrame, *, n: int, teacher: dict | None = None, t
     for k, col in enumerate(("natural", "apgd_ce")):
         y = table[col].to_numpy(float)
         pos = xs + (k - 0.5) * width
-        ax.bar(pos, y, width=width * 0.95, color=_COLOURS[col], label=_NAMES[col], yerr=_wilson(y, n), capsize=2)
-        for p, v in zip(pos, y):
-            ax.text(p, v + 2, f"{v:.0f}", ha="center", va="bottom", fontsize=MIN_FONT)
+        err = _wilson(y, n)
+        ax.bar(pos, y, width=width * 0.95, color=_COLOURS[col], label=_NAMES[col], yerr=err, capsize=2)
+        for p, v, e in zip(pos, y, err[1]):
+            ax.text(p, v + e + 1.5, f"{v:.0f}", ha="center", va="bottom", fontsize=MIN_FONT)
         if teacher is not None and col in teacher:
             ax.axhline(teacher[col], color=_COLOURS[col], linestyle="--", linewidth=1,
                        label=f"teacher, {_NAMES[col]}")

@@ -34,6 +34,7 @@ from typing import Callable
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from advbook.data.cifar import Dataset, balanced_subset, to_float
 from advbook.evaluation.evaluate import evaluate
@@ -44,7 +45,7 @@ __all__ = ["METHODS", "NEEDS_TEACHER", "teacher_config", "train_teacher", "stude
            "train_methods", "evaluate_methods", "time_methods", "time_summary", "speedup_table", "check_methods",
            "method_label", "LABELS", "test_images", "rdt_data",
            "grid_ends", "lambda_study", "parameter_counts", "capacity_roles", "capacity_study", "beside_rows",
-           "accuracy_table", "accuracy_of", "rdt_summary"]
+           "accuracy_table", "accuracy_of", "rdt_summary", "feature_agreement"]
 
 LABELS = {"sat": "SAT", "fast_pgd": "Fast AT (PGD, as the slides)", "fgsm_rs": "Fast AT (FGSM-RS, Wong et al.)",
           "free_at": "Free AT", "rrm": "RRM", "kd_rrm": "KD (RRM code)", "kd": "KD (textbook)", "rdt": "RDT",
@@ -264,15 +265,15 @@ def grid_ends(values) -> dict[float, str]:
 
 
 def lambda_study(P: dict, *, dataset: Dataset, teacher: TrainedModel, x, y, index, device,
-                 on_model=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 on_model=None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, TrainedModel]]:
     """One RRM student per lambda of ``P["lambdas"]`` (the rest of the settings shared), each evaluated
-    on the same test images; both tables carry ``lambda`` and ``grid_end``."""
+    on the same test images; both tables carry ``lambda`` and ``grid_end``. Returns them and the models."""
     ends = grid_ends(P["lambdas"])
     configs = {f"rrm, λ = {lam:g}": method_config("rrm", P | {"rrm_lambda": lam}) for lam in ends}
     models = train_methods([], P=P, dataset=dataset, teacher=teacher, device=device, configs=configs,
                            on_model=on_model)
     extra = {label: {"lambda": lam, "grid_end": ends[lam]} for label, lam in zip(configs, ends)}
-    return evaluate_methods(models, x=x, y=y, index=index, P=P, extra=extra)
+    return (*evaluate_methods(models, x=x, y=y, index=index, P=P, extra=extra), models)
 
 
 def parameter_counts(names, *, num_classes: int) -> dict[str, int]:
@@ -299,7 +300,7 @@ def capacity_study(P: dict, *, dataset: Dataset, teacher: TrainedModel, x, y, in
     """One RRM student per architecture of ``P["students"]`` (weakest first), plus the teacher,
     evaluated on the same test images, and each student's training time per epoch measured now.
     Returns (accuracy rows, per-image flags, timings, one row per student with its accuracies,
-    time per epoch and parameter count)."""
+    time per epoch and parameter count, the students by architecture)."""
     roles = capacity_roles(P["students"], teacher_model=P["teacher_model"], num_classes=len(dataset.classes))
     counts = parameter_counts(P["students"], num_classes=len(dataset.classes))
     models = {s: train_methods(["rrm"], P=P, dataset=dataset, teacher=teacher, device=device, model_name=s,
@@ -314,7 +315,7 @@ def capacity_study(P: dict, *, dataset: Dataset, teacher: TrainedModel, x, y, in
     table = pd.DataFrame([{"student": s, "role": roles[s], "parameters": counts[s],
                            "seconds_per_epoch": per_epoch[s], "natural": acc.loc[s, "natural"],
                            "apgd_ce": acc.loc[s, "apgd_ce"]} for s in P["students"]])
-    return results, samples, timings, table
+    return results, samples, timings, table, models
 
 
 def beside_rows(results: pd.DataFrame, timings: pd.DataFrame | None = None, *,
@@ -353,3 +354,26 @@ def rdt_summary(rdt: robust_data.RobustData) -> pd.DataFrame:
     return pd.DataFrame([{"distance": k, "10th percentile": float(torch.quantile(v, q[0])),
                           "median": float(torch.quantile(v, q[1])), "90th percentile": float(torch.quantile(v, q[2]))}
                          for k, v in rows.items()])
+
+
+@torch.no_grad()
+def feature_agreement(models: dict[str, TrainedModel], teacher: TrainedModel, *, x: torch.Tensor,
+                      y: torch.Tensor, batch_size: int = 500) -> pd.DataFrame:
+    """How closely each RRM student reproduces the teacher's representation on clean test images: the
+    mean cosine between its features and the teacher's on the *same* image, beside the mean cosine with
+    the teacher's features of a *different* image (each image paired with the next: the level that
+    unrelated features already reach, post-ReLU features being non-negative), and the accuracy of the
+    teacher's own head applied to the model's features. The teacher's row is the reference."""
+    feats = lambda net: torch.cat([net.eval().features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    g_t = feats(teacher.model)
+    other = torch.roll(torch.arange(len(x)), 1)
+    y = y.to(g_t.device)
+    rows = []
+    for name, net in {"teacher": teacher.model, **{k: m.model for k, m in models.items()}}.items():
+        g = feats(net)
+        if g.shape != g_t.shape:
+            raise ValueError(f"{name}: features of shape {tuple(g.shape[1:])}, the teacher's are {tuple(g_t.shape[1:])}")
+        rows.append({"model": name, "cosine, same image": float(F.cosine_similarity(g, g_t).mean()),
+                     "cosine, different images": float(F.cosine_similarity(g, g_t[other]).mean()),
+                     "teacher's head accuracy (%)": 100 * float((teacher.model.head(g).argmax(1) == y).float().mean())})
+    return pd.DataFrame(rows)

@@ -15,6 +15,7 @@ the copy to the device), evaluation and checkpoints. One warm-up minibatch per m
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 
@@ -35,7 +36,18 @@ def device_label(device: torch.device) -> str:
     """``device`` and the hardware behind it: the GPU's name on CUDA, else the processor's."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"{device} ({platform.processor() or 'cpu'})"
+    return f"cpu ({_cpu_name()}, {os.cpu_count()} cores)"
+
+
+def _cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown processor"
 
 
 def _positive_int(name: str, value) -> None:
