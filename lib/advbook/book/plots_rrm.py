@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FormatStrFormatter, NullLocator
 from statsmodels.stats.proportion import proportion_confint
 
 from advbook.book import plots
@@ -42,6 +43,15 @@ def _wilson(acc_percent: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndar
     lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
     acc = np.asarray(acc_percent, float)
     return np.clip(acc - 100 * lo, 0, None), np.clip(100 * hi - acc, 0, None)   # 0 or 100 %: rounding
+
+
+def _log_seconds(ax, x: np.ndarray) -> None:
+    """A log x axis over ``x`` with room for the labels right of the last point, a tick at each point."""
+    ax.set_xscale("log")
+    ax.set_xlim(x.min() / 1.25, x.max() * 1.6)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(np.unique(np.round(x, 2)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
 
 
 def _need(frame: pd.DataFrame, columns) -> None:
@@ -159,9 +169,10 @@ def capacity_curves(table: pd.DataFrame, *, n: int, teacher: dict | None = None,
                        label=f"teacher, {_NAMES[col]}")
     for xi, yi, name in zip(x, table["natural"], table["student"]):
         ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, 6), fontsize=MIN_FONT)
-    ax.set_xscale("log")
-    ax.set_xlabel(f"student's training time per epoch, measured in this run (s, log scale)"
-                  f"{', ' + device if device else ''}", fontsize=9)
+    _log_seconds(ax, x)
+    ax.set_xlabel("student's training time per epoch, measured in this run (s, log scale)", fontsize=9)
+    if device:
+        fig.supxlabel(f"timed on {device}", fontsize=MIN_FONT)
     ax.set_ylabel("accuracy (%)", fontsize=9)
     ax.set_ylim(0, 100)
     ax.tick_params(labelsize=MIN_FONT)
