@@ -41,6 +41,11 @@ class StepContext:
     # perturbation): the loop gives every batch of an epoch the same dict, and a new one each epoch,
     # so a run resumed from an epoch's checkpoint is bit-identical to an uninterrupted one.
     state: dict = dataclasses.field(default_factory=dict)
+    # What an objective carries across epochs (CAT's per-sample budgets, keyed by ``index``): one dict
+    # for the whole run, whose tensors the loop saves in every epoch's checkpoint and restores on
+    # resume, so a resumed run is bit-identical too. Objectives that need none leave it empty, and an
+    # empty one is not saved (their checkpoints stay as they were).
+    run_state: dict = dataclasses.field(default_factory=dict)
 
 
 def kw_field(keyword: str, default: Any, *, init: bool = True):

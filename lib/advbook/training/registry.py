@@ -7,7 +7,7 @@ defined twice is an error, so one chapter cannot silently replace another's meth
 """
 from __future__ import annotations
 
-from advbook.training import lecture, objectives, rrm
+from advbook.training import agk_baselines, lecture, objectives, rrm
 from advbook.training.framework import Objective, check_registry, hyper_keywords, keywords
 
 __all__ = ["OBJECTIVES", "base_hyper", "merge"]
@@ -25,7 +25,8 @@ def merge(*registries: dict[str, Objective]) -> dict[str, Objective]:
     return out
 
 
-OBJECTIVES: dict[str, Objective] = merge(objectives.OBJECTIVES, lecture.OBJECTIVES, rrm.OBJECTIVES)
+OBJECTIVES: dict[str, Objective] = merge(objectives.OBJECTIVES, lecture.OBJECTIVES, rrm.OBJECTIVES,
+                                         agk_baselines.OBJECTIVES)
 
 
 def base_hyper(objective: str, hyper):

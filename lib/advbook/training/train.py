@@ -333,6 +333,7 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
     steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
     total = cfg.epochs * steps_per_epoch
     start_epoch, history, seconds, forked_from = 0, [], 0.0, None
+    run_state: dict = {}  # StepContext.run_state: carried across epochs, saved in each checkpoint
     resume_from = last
     if not last.exists() and burn_in is not None and prefixes[switch].exists():
         resume_from = forked_from = prefixes[switch]
@@ -344,11 +345,13 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
             start_epoch, seconds = int(state["epoch"]), float(state["seconds"])
             history = [dict(zip(("epoch", "loss", "acc"), row)) for row in state["history"].tolist()]
             forked_from = str(resume_from) if resume_from != last else state.get("forked_from")
+            run_state = dict(state.get("run_state", {}))
         except (cache.CorruptCheckpoint, KeyError, RuntimeError, ValueError) as exc:
             _rebuild_warning(f"checkpoint {resume_from.parent.name}/{resume_from.name}", exc, "training from epoch 0")
             resume_from.unlink(missing_ok=True)
             model, opt = initial()
             start_epoch, history, seconds, forked_from = 0, [], 0.0, None
+            run_state = {}
 
     model.to(device).to(memory_format=torch.channels_last)
     teacher_net = teacher.model.to(device).eval() if objective.needs_teacher else None
@@ -367,7 +370,8 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             xb, yb = minibatch(split, idx, cfg=cfg, generator=g, device=device)
             batch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
-            ctx = StepContext(seed=batch_seed, epoch=epoch, index=idx, teacher=teacher_net, state=epoch_state)
+            ctx = StepContext(seed=batch_seed, epoch=epoch, index=idx, teacher=teacher_net, state=epoch_state,
+                              run_state=run_state)
             loss, logits, record = train_step(model, opt, cfg=step_cfg, x=xb, y=yb, ctx=ctx,
                                               step=epoch * steps_per_epoch + b, total=total)
             if record is not None:
@@ -383,6 +387,8 @@ def train_model(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: in
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                  "seconds": seconds, "forked_from": forked_from,
                  "history": torch.tensor([[r["epoch"], r["loss"], r["acc"]] for r in history], dtype=torch.float64)}
+        if run_state:  # only objectives that keep one (CAT): every other checkpoint stays as it was
+            state["run_state"] = dict(run_state)
         if epoch + 1 in prefixes and not prefixes[epoch + 1].exists():
             cache.save_checkpoint(prefixes[epoch + 1], {**state, "forked_from": None})
         cache.save_checkpoint(last, state)
