@@ -75,7 +75,7 @@ def test_an_interrupted_evaluation_resumes_from_its_files(tiny_model, test_batch
 def test_unknown_evaluation_names_the_valid_ones(tiny_model, test_batch):
     x, _, y = test_batch
     with pytest.raises(ValueError, match="^unknown evaluation\\(s\\) bogus; valid: fgsm, pgd, cw, fmn, autoattack, square, "
-                                         "spsa, mde, apgd_ce$"):
+                                         "spsa, mde, apgd_ce, bim, mim, transfer$"):
         evaluate.evaluate(tiny_model, x, y, attacks={"bogus": {}})
     with pytest.raises(ValueError, match="^unknown MDE part\\(s\\) apgd-t; valid: apgd-ce, md, mdmt, fab-t$"):
         evaluate.evaluate(tiny_model, x, y, attacks={"mde": dict(eps=EPS, parts=["md", "apgd-t"])})

@@ -8,6 +8,12 @@ written (atomically) when it finishes, and an interrupted evaluation skips the a
 already done; AutoAttack also keeps its own state file there, so it resumes between its parts.
 
 * ``natural``; ``fgsm``; ``pgd`` (L-inf, random start, all steps run);
+* ``bim``: the basic iterative method (Kurakin et al., 2017): the ``pgd`` loop from the clean image,
+  no random start, all steps run, the last iterate judged;
+* ``mim``: the momentum iterative method (Dong et al., 2018): sign steps along an accumulated,
+  L1-normalised gradient, ``decay`` (mu) 1.0 as in the paper, from the clean image;
+* ``transfer``: L-inf PGD examples crafted on a *surrogate* model (black box for the evaluated one):
+  the setting ``surrogate`` names a model of the ``surrogates`` that :func:`evaluate` is given;
 * ``cw``: the CW margin loss (confidence ``kappa``, 50 as in the GAIRAT and MAIL reference
   evaluations) maximised by L-inf PGD;
 * ``fmn``: foolbox's ``LInfFMNAttack`` (minimum norm, robust if no adversarial within ``eps``);
@@ -30,11 +36,11 @@ already done; AutoAttack also keeps its own state file there, so it resumes betw
   chained, each on the samples the previous parts left robust; ``parts`` picks a subset.
 
 Settings are checked before any work: a misspelled or missing setting is an error naming the
-evaluation and the valid settings (those of its function's signature, less the ``batch_size`` and
-``state_path`` that :func:`evaluate` supplies). A resume file is keyed by the settings *and* by the
-evaluation's code version (:data:`EVAL_CODE_VERSION`, with the versions of the evaluations and
-reference libraries it calls): bump an evaluation's number whenever a change to its code can change
-its flags, and its cached flags are recomputed while the others are still read back.
+evaluation and the valid settings (those of its function's signature, less the ``batch_size``,
+``state_path`` and ``surrogates`` that :func:`evaluate` supplies). A resume file is keyed by the
+settings *and* by the evaluation's code version (:data:`EVAL_CODE_VERSION`, with the versions of the
+evaluations and reference libraries it calls): bump an evaluation's number whenever a change to its
+code can change its flags, and its cached flags are recomputed while the others are still read back.
 :func:`display_name` names what actually ran ("APGD-CE" for AutoAttack reduced to that part).
 """
 from __future__ import annotations
@@ -42,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
+import contextlib
 import inspect
 import time
 from pathlib import Path
@@ -55,11 +62,13 @@ from advbook.core import cache
 from advbook.attacks.core import linf_start, margin, pgd, sign_ascent
 from advbook.attacks.mde import md_attack, md_targets
 from advbook.attacks.spsa import spsa_attack
+from advbook.attacks.threats import get_threat
 from advbook.models.defended import is_randomized
 from advbook.training.framework import in_eval_mode
 
 __all__ = ["EVALUATIONS", "EVAL_CODE_VERSION", "AA_PARTS", "AA_STANDARD", "MDE_PARTS", "APGD_NORMS", "evaluate",
-           "cw_loss", "EvalResult", "pgd_predictions", "display_name", "code_version", "valid_settings"]
+           "cw_loss", "EvalResult", "pgd_predictions", "display_name", "code_version", "valid_settings",
+           "bim_examples", "mim_examples"]
 
 
 def _fgsm(model, x, y, *, eps: float):
@@ -201,20 +210,91 @@ def _mde(model, x, y, *, eps: float, parts: list | tuple = MDE_PARTS, steps: int
     return robust
 
 
+def bim_examples(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float, steps: int) -> torch.Tensor:
+    """The basic iterative method's examples (Kurakin, Goodfellow & Bengio, 2017, "Adversarial
+    examples in the physical world", Eq. 2): ``steps`` sign steps of ``step_size`` on the summed
+    cross-entropy from the clean image, each clipped to the L-inf ``eps``-ball and to [0, 1] - the
+    ``pgd`` loop (:func:`advbook.attacks.core.pgd`) without its random start, every step run and
+    the last iterate returned, as foolbox 3.3.4's ``LinfBasicIterativeAttack`` does (a PGD with
+    ``random_start=False``). Kurakin et al. step by 1/255 for min(eps + 4, 1.25 eps) steps (in
+    pixels); the supplement's BIM(10) gives only the steps, so the step size is a setting."""
+    return pgd(model, x, y, norm="linf", eps=eps, step_size=step_size, steps=steps, random_start=False,
+               stop_on_success=False).x_adv
+
+
+def _bim(model, x, y, *, eps: float, step_size: float, steps: int):
+    x_adv = bim_examples(model, x, y, eps=eps, step_size=step_size, steps=steps)
+    with torch.no_grad():
+        return model(x_adv).argmax(1) == y
+
+
+def mim_examples(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float, steps: int,
+                 decay: float = 1.0) -> torch.Tensor:
+    """The momentum iterative method's examples (Dong et al., 2018, "Boosting adversarial attacks
+    with momentum", Algorithm 1): from the clean image, ``g <- decay * g + grad / ||grad||_1`` (per
+    sample, the gradient of the summed cross-entropy), then a sign step of ``step_size`` along ``g``
+    clipped to the L-inf ``eps``-ball and to [0, 1] (the L-inf threat model's step and projection, as
+    in ``pgd``); the last iterate is returned. ``decay`` 1.0 is the paper's mu; Algorithm 1 steps by
+    eps / steps (the supplement's MIM(40) gives only the steps, so the step size is a setting).
+
+    The paper and ART 1.20's ``MomentumIterativeMethod`` divide by the L1 norm, the paper's code
+    (github:dongyp13/Non-Targeted-Adversarial-Attacks, ``attack_iter.py``, ``graph``: momentum 1.0,
+    ``alpha = eps / num_iter``, clipping to ``[x - eps, x + eps]`` and the image range) by the mean
+    absolute value: that scales every term of ``g`` by the same number of pixels, so the sign, and
+    the step, are the same. A sample whose
+    gradient is zero adds nothing to ``g`` (ART's guard too). With ``decay=0``,
+    ``g`` is the normalised gradient of this step alone, whose sign is the gradient's: the examples
+    are then those of :func:`bim_examples` with the same ``step_size`` and ``steps``, bit for bit
+    (tests/test_agk_eval.py)."""
+    threat = get_threat("linf", eps=eps, step_size=step_size)
+    x_adv, g = x.clone(), torch.zeros_like(x)
+    tiny = torch.finfo(x.dtype).tiny
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y, reduction="sum"), x_adv)
+        with torch.no_grad():
+            l1 = grad.abs().flatten(1).sum(1).clamp_min(tiny).view(-1, *([1] * (x.dim() - 1)))
+            g = decay * g + grad / l1
+            x_adv = threat.project(threat.step(x_adv, grad=g), x=x)
+    return x_adv.detach()
+
+
+def _mim(model, x, y, *, eps: float, step_size: float, steps: int, decay: float = 1.0):
+    x_adv = mim_examples(model, x, y, eps=eps, step_size=step_size, steps=steps, decay=decay)
+    with torch.no_grad():
+        return model(x_adv).argmax(1) == y
+
+
+def _transfer(model, x, y, *, surrogate: str, eps: float, step_size: float, steps: int, seed: int = 0,
+              surrogates: dict | None = None):
+    """Black-box transfer: L-inf PGD (random start, all steps, the ``pgd`` evaluation's attack) on
+    the cross-entropy of the surrogate ``surrogates[surrogate]`` for the true labels, the last
+    iterate then classified by ``model``. The surrogate model is an object, not a JSON setting, so
+    :func:`evaluate` supplies ``surrogates`` (name -> model) as it supplies ``batch_size``, and the
+    setting ``surrogate`` names one of them: its resume file is keyed by that name, as the evaluated
+    model's is keyed by nothing (keep a ``resume_dir`` for one model, one ``x`` and one surrogate per
+    name). AGK-T5 (the CAT comparison) transfers from a VGG-16 and a WideResNet this way. With the
+    evaluated model as its own surrogate the flags are the ``pgd`` evaluation's, bit for bit."""
+    res = pgd(surrogates[surrogate], x, y, norm="linf", eps=eps, step_size=step_size, steps=steps,
+              random_start=True, stop_on_success=False, seed=seed)
+    with torch.no_grad():
+        return model(res.x_adv).argmax(1) == y
+
+
 EVALUATIONS: dict[str, Callable] = {"fgsm": _fgsm, "pgd": _pgd, "cw": _cw, "fmn": _fmn,
                                     "autoattack": _autoattack, "square": _square, "spsa": _spsa, "mde": _mde,
-                                    "apgd_ce": _apgd_ce}
+                                    "apgd_ce": _apgd_ce, "bim": _bim, "mim": _mim, "transfer": _transfer}
 
 # The code version of each evaluation. Bump an entry whenever a change to the code behind it (the
 # function above, or the attack it calls in advbook.attacks) can change its flags: its resume
 # files then no longer match and are recomputed, while every other evaluation's are still read.
 EVAL_CODE_VERSION: dict[str, int] = {"fgsm": 1, "pgd": 1, "cw": 1, "fmn": 1, "autoattack": 1, "square": 1,
-                                     "spsa": 1, "mde": 1, "apgd_ce": 1}
+                                     "spsa": 1, "mde": 1, "apgd_ce": 1, "bim": 1, "mim": 1, "transfer": 1}
 SUITE_VERSION = 1   # what every evaluation shares: natural flags first, batching, seeds, file format
 _CALLS = {"mde": ("autoattack",)}   # evaluations that run another one's code
 _LIBRARIES = {"fmn": ("foolbox",), "autoattack": ("pyautoattack",), "square": ("pyautoattack",),
               "mde": ("pyautoattack",), "apgd_ce": ("pyautoattack",)}
-_INJECTED = frozenset({"batch_size", "state_path"})   # supplied by evaluate(), not settings
+_INJECTED = frozenset({"batch_size", "state_path", "surrogates"})   # supplied by evaluate(), not settings
 
 
 @functools.lru_cache(maxsize=None)
@@ -267,6 +347,10 @@ def _check(attacks: dict[str, dict]) -> None:
                 raise ValueError(f"{name}: unknown norm {norm!r}; valid: {', '.join(APGD_NORMS)}")
             if not (isinstance(steps, int) and steps >= 1 and isinstance(restarts, int) and restarts >= 1):
                 raise ValueError(f"{name}: steps and restarts must be integers >= 1, got {steps!r} and {restarts!r}")
+        if kind == "mim":
+            decay = settings.get("decay", 1.0)
+            if not (isinstance(decay, (int, float)) and decay >= 0):
+                raise ValueError(f"{name}: decay must be a number >= 0, got {decay!r}")
         if kind == "autoattack":
             version, parts = settings.get("version", "standard"), settings.get("parts")
             if version not in ("standard", "custom"):
@@ -279,6 +363,16 @@ def _check(attacks: dict[str, dict]) -> None:
             if version == "standard" and parts is not None and sorted(parts) != sorted(AA_STANDARD):
                 raise ValueError(f"{name}: parts {', '.join(parts)} would be ignored by version='standard' "
                                  f"(it runs {', '.join(AA_STANDARD)}); use version='custom'")
+
+
+def _check_surrogates(attacks: dict[str, dict], surrogates: dict | None) -> None:
+    """Every ``transfer`` evaluation names one of ``surrogates``, before any work."""
+    known = dict(surrogates or {})
+    for name, settings in attacks.items():
+        if name.split(":")[0] == "transfer" and not (isinstance(settings["surrogate"], str)
+                                                     and settings["surrogate"] in known):
+            valid = ", ".join(map(str, known)) or "none (pass evaluate(..., surrogates={name: model}))"
+            raise ValueError(f"{name}: unknown surrogate {settings['surrogate']!r}; valid: {valid}")
 
 
 _PART_NAMES = {"apgd-ce": "APGD-CE", "apgd-dlr": "APGD-DLR", "apgd-t": "APGD-T", "fab": "FAB", "fab-t": "FAB-T",
@@ -301,8 +395,13 @@ def display_name(name: str, settings: dict) -> str:
         norm, steps, restarts = _apgd_settings(settings)
         label = "APGD-CE" if norm == "Linf" else f"APGD-CE ({norm})"
         return f"{label}, {steps} steps, {restarts} restart{'s' if restarts != 1 else ''}"
-    budget = {"fgsm": None, "pgd": "steps", "cw": "steps", "fmn": "steps", "square": "n_queries", "spsa": "steps"}
-    base = {"fgsm": "FGSM", "pgd": "PGD", "cw": "CW", "fmn": "FMN", "square": "Square", "spsa": "SPSA"}.get(kind, name)
+    if kind == "transfer":
+        steps = f"-{settings['steps']}" if "steps" in settings else ""
+        return f"PGD{steps} transfer from {settings.get('surrogate', '?')}"
+    budget = {"fgsm": None, "pgd": "steps", "cw": "steps", "fmn": "steps", "square": "n_queries", "spsa": "steps",
+              "bim": "steps", "mim": "steps"}
+    base = {"fgsm": "FGSM", "pgd": "PGD", "cw": "CW", "fmn": "FMN", "square": "Square", "spsa": "SPSA",
+            "bim": "BIM", "mim": "MIM"}.get(kind, name)
     key = budget.get(kind)
     return f"{base}-{settings[key]}" if key and key in settings else base
 
@@ -334,20 +433,28 @@ def _predict(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: dict[str, dict], batch_size: int = 500,
-             resume_dir: str | Path | None = None) -> EvalResult:
+             resume_dir: str | Path | None = None, surrogates: dict[str, torch.nn.Module] | None = None) -> EvalResult:
     """Run ``attacks`` (name -> settings; names from :data:`EVALUATIONS`, a name may carry a
     suffix after ``:``, e.g. ``"pgd:20"``) on inputs ``x`` in [0, 1] with labels ``y``, with the
     model in eval mode (its own mode is given back afterwards). ``resume_dir`` must be kept for one
     model and one ``x``: its files are keyed by settings and code version only. A randomised model
     (:func:`~advbook.models.defended.is_randomized`) is refused one: its flags depend on its seed and
-    on the calls made before, and would be read back as if they did not."""
+    on the calls made before, and would be read back as if they did not. ``surrogates`` (name -> model,
+    on the device of ``x``, each run in eval mode too) are the models the ``transfer`` evaluations
+    craft their examples on, named by their setting ``surrogate``; a randomised one is refused a
+    ``resume_dir`` as well."""
     _check(attacks)
-    if resume_dir is not None and is_randomized(model):
-        raise ValueError(f"evaluate: resume_dir caches flags as a deterministic function of the settings, and "
-                         f"{type(model).__name__} is randomised; evaluate it without resume_dir")
+    _check_surrogates(attacks, surrogates)
+    if resume_dir is not None:
+        for who in (model, *(surrogates or {}).values()):
+            if is_randomized(who):
+                raise ValueError(f"evaluate: resume_dir caches flags as a deterministic function of the settings, "
+                                 f"and {type(who).__name__} is randomised; evaluate it without resume_dir")
     folder = Path(resume_dir) if resume_dir is not None else None
     y = y.to(x.device)
-    with in_eval_mode(model):
+    with contextlib.ExitStack() as modes:
+        for who in (model, *(surrogates or {}).values()):
+            modes.enter_context(in_eval_mode(who))
         natural = _predict(model, x, batch_size) == y
         flags, seconds, code = {"natural": natural.cpu()}, {}, {}
         todo = natural.nonzero().squeeze(1)
@@ -368,6 +475,8 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, *, attacks: dict[str, dict
             fn = EVALUATIONS[kind]
             params = inspect.signature(fn).parameters
             extra = {"batch_size": batch_size} if "batch_size" in params else {}
+            if "surrogates" in params:
+                extra["surrogates"] = surrogates
             if folder is not None and "state_path" in params:
                 extra["state_path"] = folder / f"{stem}-aa-state.json"
             t0 = time.perf_counter()
