@@ -7,7 +7,7 @@ defined twice is an error, so one chapter cannot silently replace another's meth
 """
 from __future__ import annotations
 
-from advbook.training import agk_baselines, lecture, objectives, rrm
+from advbook.training import agk, agk_baselines, lecture, objectives, rrm
 from advbook.training.framework import Objective, check_registry, hyper_keywords, keywords
 
 __all__ = ["OBJECTIVES", "base_hyper", "merge"]
@@ -26,7 +26,7 @@ def merge(*registries: dict[str, Objective]) -> dict[str, Objective]:
 
 
 OBJECTIVES: dict[str, Objective] = merge(objectives.OBJECTIVES, lecture.OBJECTIVES, rrm.OBJECTIVES,
-                                         agk_baselines.OBJECTIVES)
+                                         agk.OBJECTIVES, agk_baselines.OBJECTIVES)
 
 
 def base_hyper(objective: str, hyper):
