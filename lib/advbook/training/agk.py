@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 from advbook.attacks.core import linf_start, pgd, sign_ascent, without_true
 from advbook.models.attention import channel_attention
+from advbook.training.agk_baselines import soft_cross_entropy, uniform_smoothing
 from advbook.training.framework import Objective, StepContext, check_registry, in_eval_mode, kw_field
 from advbook.training.reweight import kl_per_sample
 
@@ -95,14 +96,14 @@ def attention_l1(*, student_map: torch.Tensor, teacher_map: torch.Tensor) -> tor
 
 def label_smoothed_ce(logits: torch.Tensor, labels: torch.Tensor, *, smoothing: float) -> torch.Tensor:
     """Cross-entropy with ``1 - s`` on the label and ``s / (C - 1)`` on each other class, averaged over
-    the batch: ``softmax_crossentropy_labelsmooth`` (``utils.py`` l.12-23; s = 0.5, ``main.py`` l.320).
-    Not ``F.cross_entropy(label_smoothing=s)``, which puts ``s / C`` on every class, the label's too."""
+    the batch: ``softmax_crossentropy_labelsmooth`` (``utils.py`` l.12-23; s = 0.5, ``main.py`` l.320),
+    the same smoothing as Feature Scattering's, so both baselines' functions serve
+    (:func:`~advbook.training.agk_baselines.uniform_smoothing`, ``soft_cross_entropy``). Not
+    ``F.cross_entropy(label_smoothing=s)``, which puts ``s / C`` on every class, the label's too."""
     if not 0 <= smoothing < 1:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-    n_class = logits.shape[1]
-    one_hot = F.one_hot(labels, n_class).float()
-    target = one_hot * (1 - smoothing) + (1 - one_hot) * smoothing / (n_class - 1)
-    return -(target * F.log_softmax(logits.float(), 1)).sum(1).mean()
+    targets = uniform_smoothing(labels, num_classes=logits.shape[1], delta=smoothing)
+    return soft_cross_entropy(logits.float(), targets)
 
 
 def mart_regulariser(*, logits_nat: torch.Tensor, logits_adv: torch.Tensor, labels: torch.Tensor,
