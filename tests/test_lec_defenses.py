@@ -355,7 +355,7 @@ def test_each_lecture_objective_trains_one_step(synth, one_step_teacher, objecti
 
 
 @pytest.mark.parametrize("objective,kwargs,message", [
-    ("alp", dict(kd_tau=2.0), r"^objective 'alp' takes no 'kd_tau' \(a setting of kd\); valid: epochs, batch_size, "
+    ("alp", dict(kd_tau=2.0), r"^objective 'alp' takes no 'kd_tau' \(a setting of kd, kd_rrm\); valid: epochs, batch_size, "
                               r"lr, momentum, weight_decay, warmup, augment, objective, at_eps, at_step_size, "
                               r"at_steps, alp_lambda$"),
     ("alp", dict(at_norm="l2"), r"^objective 'alp' takes no 'at_norm' \(a setting of pgd_at\); valid: .*, alp_lambda$"),

@@ -44,8 +44,8 @@ def test_paper_table_is_the_recorded_rows(artifact_id):
 
 def test_paper_table_without_rows_and_unknown_ids():
     assert report.paper_table("HOL-F2").empty                          # a figure with claims, no numbers
-    with pytest.raises(KeyError, match="no paper result recorded for RRM-T1"):
-        report.paper_table("RRM-T1")
+    with pytest.raises(KeyError, match="no paper result recorded for HOL-T99"):
+        report.paper_table("HOL-T99")
     with pytest.raises(ValueError, match="artifact ID 'T3' is not of the form"):
         report.paper_table("T3")
 

@@ -238,3 +238,11 @@ def test_feature_agreement_of_a_copy_is_exact_and_of_a_stranger_is_lower(synth, 
     small = build_model("micro_cnn", num_classes=4, mean=synth.mean, std=synth.std)
     with pytest.raises(ValueError, match=r"small: features of shape \(32,\), the teacher's are \(64,\)"):
         rrm.feature_agreement({"small": types.SimpleNamespace(model=small)}, teacher, x=x, y=y)
+
+
+def test_lambda_table_has_one_row_per_lambda_in_order():
+    rows = pd.DataFrame({"lambda": [5.0, 5.0, 0.001, 0.001], "evaluation": ["natural", "apgd_ce"] * 2,
+                         "accuracy": [80.0, 1.0, 40.0, 3.0]})
+    table = rrm.lambda_table(rows)
+    assert table.index.tolist() == [0.001, 5.0] and table.columns.tolist() == ["natural", "apgd_ce"]
+    assert table.loc[5.0, "natural"] == 80.0 and table.loc[0.001, "apgd_ce"] == 3.0

@@ -51,8 +51,8 @@ def test_paper_results_are_recorded_with_their_source():
     assert "Fig. 2" in hol["cite"] and len(hol["claims"]) >= 2
     t1 = report.paper_result("HOL-T1")
     assert t1["rows"][0][1:] == [92.50, 64.80, 1.06]
-    with pytest.raises(KeyError, match="no paper result recorded for RRM-T1"):
-        report.paper_result("RRM-T1")
+    with pytest.raises(KeyError, match="no paper result recorded for HOL-T99"):
+        report.paper_result("HOL-T99")
 
 
 def test_compare_labels_the_profile_and_dataset(run):

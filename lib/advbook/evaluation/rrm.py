@@ -45,7 +45,7 @@ __all__ = ["METHODS", "NEEDS_TEACHER", "teacher_config", "train_teacher", "stude
            "train_methods", "evaluate_methods", "time_methods", "time_summary", "speedup_table", "check_methods",
            "method_label", "LABELS", "test_images", "rdt_data",
            "grid_ends", "lambda_study", "parameter_counts", "capacity_roles", "capacity_study", "beside_rows",
-           "accuracy_table", "accuracy_of", "rdt_summary", "feature_agreement"]
+           "accuracy_table", "accuracy_of", "rdt_summary", "feature_agreement", "lambda_table"]
 
 LABELS = {"sat": "SAT", "fast_pgd": "Fast AT (PGD, as the slides)", "fgsm_rs": "Fast AT (FGSM-RS, Wong et al.)",
           "free_at": "Free AT", "rrm": "RRM", "kd_rrm": "KD (RRM code)", "kd": "KD (textbook)", "rdt": "RDT",
@@ -377,3 +377,8 @@ def feature_agreement(models: dict[str, TrainedModel], teacher: TrainedModel, *,
                      "cosine, different images": float(F.cosine_similarity(g, g_t[other]).mean()),
                      "teacher's head accuracy (%)": 100 * float((teacher.model.head(g).argmax(1) == y).float().mean())})
     return pd.DataFrame(rows)
+
+
+def lambda_table(results: pd.DataFrame) -> pd.DataFrame:
+    """RRM-F3's accuracies as one row per lambda (increasing), one column per evaluation."""
+    return results.pivot_table(index="lambda", columns="evaluation", values="accuracy")[["natural", "apgd_ce"]]
