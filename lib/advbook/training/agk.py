@@ -29,12 +29,12 @@ batches of 128 every class is in the pool from the first batch on; with many cla
 the pool holds (the reference's t is never restricted). SML's hardest negatives come from the same pool
 (its code mines them among 10 x batch clean images drawn afresh, ``mul_num``, l.588-626).
 
-**The student starts from the teacher** in the reference (``--nat_init``, ``main.py`` l.345-346). The
-loop (:func:`advbook.training.train.build_student`) starts every model from its seeded initialisation;
-an ``Objective`` flag (like ``match_features``) read there could load the teacher's state instead, the
-teacher's key being in the student's already. Until then, ``agkd`` and ``agkd_bml`` train from scratch:
-slower, and on tiny data unstable at large learning rates (MART's boosting term on examples aimed at
-the most confusing class), which the tests show by starting from the teacher by hand.
+**The student starts from the teacher** in the reference (``--nat_init``, on by default, ``argument.py``
+l.20; ``main.py`` l.345-346): ``agkd`` and ``agkd_bml`` set ``Objective.init_from_teacher``, so
+:func:`advbook.training.train.build_student` loads the teacher's weights into the student (same
+architecture required) and the student's cache key records that start. ``bml`` and ``sml`` have no
+teacher and start from the seeded initialisation. From scratch, on tiny data, the AGKD runs are slow and
+unstable at large learning rates (MART's boosting term on examples aimed at the most confusing class).
 
 **Units.** The reference scales images to [-1, 1] (``main.py`` l.286): its eps 8/255*2 and step
 2/255*2 (l.311-316) are our 8/255 and 2/255 on [0, 1] images. Attacks run in eval mode, as the
@@ -393,8 +393,8 @@ def _sml(model, x, y, cfg, ctx: StepContext):
 OBJECTIVES: dict[str, Objective] = {
     "sml": Objective(_sml, config=SMLConfig),
     "bml": Objective(_bml, config=BMLConfig),
-    "agkd": Objective(_agkd, config=AGKDConfig, needs_teacher=True),
-    "agkd_bml": Objective(_agkd_bml, config=AGKDBMLConfig, needs_teacher=True),
+    "agkd": Objective(_agkd, config=AGKDConfig, needs_teacher=True, init_from_teacher=True),
+    "agkd_bml": Objective(_agkd_bml, config=AGKDBMLConfig, needs_teacher=True, init_from_teacher=True),
 }
 
 

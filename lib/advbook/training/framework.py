@@ -71,6 +71,7 @@ class Objective:
     needs_teacher: bool = False
     base: str | None = None        # objective run during the burn-in (epochs < hyper.reweight_from)
     match_features: bool = False   # the student's features get the teacher's dimension (RRM's cosine)
+    init_from_teacher: bool = False  # the student starts from the teacher's weights (AGKD-BML's --nat_init)
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -79,11 +80,14 @@ class Objective:
 
 
 def check_registry(objectives: dict[str, Objective]) -> None:
-    """What the loop relies on: every configuration is a frozen dataclass whose fields all have a
-    keyword, a base is registered and has no base itself, and a reweighting configuration has
+    """What the loop relies on: an objective that starts from its teacher needs one, every
+    configuration is a frozen dataclass whose fields all have a keyword, a base is registered and has
+    no base itself, and a reweighting configuration has
     ``reweight_from`` and every setting of its base's (so a burn-in never falls back on a default
     of the base)."""
     for name, o in objectives.items():
+        if o.init_from_teacher and not o.needs_teacher:
+            raise ValueError(f"objective {name!r}: init_from_teacher needs needs_teacher (the teacher it starts from)")
         params = getattr(o.config, "__dataclass_params__", None)
         if params is None or not params.frozen or any("keyword" not in f.metadata
                                                       for f in dataclasses.fields(o.config)):

@@ -185,15 +185,45 @@ def build_student(*, model_name: str, dataset: Dataset, cfg: TrainConfig, seed: 
     For an objective with ``match_features`` (RRM) the network's features get the teacher's
     dimension, ``teacher.model.head.in_features`` (:func:`advbook.models.zoo.build_model`'s
     ``feature_dim``: a linear map is appended where the dimensions differ); every other network is
-    built as without a teacher."""
-    match = OBJECTIVES[cfg.objective].match_features
-    if match and teacher is None:
-        raise ValueError(f"objective {cfg.objective!r} matches a teacher's features and needs a teacher model")
+    built as without a teacher.
+
+    For an objective with ``init_from_teacher`` (AGKD-BML) the built network then gets the teacher's
+    weights, as the reference's student does (``--nat_init``, on by default: ``argument.py`` l.20;
+    ``main.py`` l.345-346 loads the natural checkpoint into the student before the optimizer is made,
+    l.349). The seeded build still runs first, so the global random state after this function is the
+    same as for any other objective. The teacher must be of the same architecture (``model_name``),
+    refused in one line naming both before anything is built; its buffers (the normalisation's mean
+    and std among them) come with its weights."""
+    objective = OBJECTIVES[cfg.objective]
+    match = objective.match_features
+    if (match or objective.init_from_teacher) and teacher is None:
+        need = "matches a teacher's features" if match else "starts from its teacher's weights"
+        raise ValueError(f"objective {cfg.objective!r} {need} and needs a teacher model")
+    if objective.init_from_teacher and teacher.meta["model"] != model_name:
+        raise ValueError(f"objective {cfg.objective!r} starts the student from its teacher's weights: the teacher "
+                         f"is a {teacher.meta['model']!r}, the student a {model_name!r} (must be the same architecture)")
     torch.manual_seed(seed)
     net = build_model(model_name, num_classes=len(dataset.classes), mean=dataset.mean, std=dataset.std,
                       feature_dim=teacher.model.head.in_features if match else None)
+    if objective.init_from_teacher:
+        _load_teacher_state(net, teacher=teacher, objective=cfg.objective)
     return net, torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=True)
+
+
+def _load_teacher_state(net: Classifier, *, teacher: "TrainedModel", objective: str) -> None:
+    """Copy the teacher's state into ``net`` (same keys and shapes, checked first: a teacher trained on
+    another number of classes is refused in one line instead of load_state_dict's list)."""
+    state = teacher.model.state_dict()
+    own = net.state_dict()
+    differ = sorted(k for k in own.keys() | state.keys()
+                    if k not in own or k not in state or own[k].shape != state[k].shape)
+    if differ:
+        k = differ[0]
+        shapes = [tuple(d[k].shape) if k in d else "absent" for d in (state, own)]
+        raise ValueError(f"objective {objective!r}: the teacher's weights do not fit the student "
+                         f"({len(differ)} tensor(s), first {k}: teacher {shapes[0]}, student {shapes[1]})")
+    net.load_state_dict(state)  # copies into net's own tensors, whatever device the teacher is on
 
 
 def minibatch(split, idx: torch.Tensor, *, cfg: TrainConfig, generator: torch.Generator,
@@ -237,6 +267,8 @@ def model_key(*, model_name: str, dataset: Dataset, train_index: torch.Tensor | 
                "index": index_hash, "cfg": cfg.key_fields(), "seed": seed, "version": TRAIN_CODE_VERSION}
     if teacher_key is not None:
         content["teacher"] = teacher_key
+    if OBJECTIVES[cfg.objective].init_from_teacher:  # only these keys change: a start other than the seeded one
+        content["init"] = "teacher"
     return cache.stable_hash(content)
 
 
