@@ -110,3 +110,144 @@ def test_the_registry_check_refuses_a_start_from_a_teacher_it_does_not_have():
     with pytest.raises(ValueError, match=r"^objective 'x': init_from_teacher needs needs_teacher \(the teacher it "
                                          r"starts from\)$"):
         check_registry(bad)
+
+
+# --- the chapter's methods ---------------------------------------------------------------------------
+
+from advbook import data  # noqa: E402
+from advbook.analysis import agk as agk_analysis  # noqa: E402
+from advbook.evaluation import agk  # noqa: E402
+
+P = dict(model="tiny_cnn", seed=0, train_per_class=10, epochs=1, batch_size=20, lr=0.05, weight_decay=1e-4,
+         at_eps=6 / 255, at_step_size=1.5 / 255, at_steps=3, mart_beta=5.0, bml_lambda=1.5, pool_per_class=4,
+         eval_eps=8 / 255, eval_step_size=2 / 255, mim_step_size=0.5 / 255, eval_batch_size=16)
+OBJECTIVE_OF = {"um": "standard", "at": "pgd_at", "alp": "alp", "sml": "sml", "bml": "bml", "agkd": "agkd",
+                "agkd_bml": "agkd_bml", "bilateral": "bilateral", "feature_scatter": "feature_scatter",
+                "cat_ce": "cat_ce", "cat_mix": "cat_mix"}
+
+
+@pytest.mark.parametrize("method", list(OBJECTIVE_OF))
+def test_each_method_trains_its_objective_with_the_page_s_shared_settings(method):
+    cfg = agk.method_config(method, P)
+    fields, default = cfg.key_fields(), train.TrainConfig.build(OBJECTIVE_OF[method]).key_fields()
+    assert cfg.objective == OBJECTIVE_OF[method]
+    expected = dict(default, epochs=1, batch_size=20, lr=0.05, weight_decay=1e-4)  # momentum etc.: defaults
+    owned = set(train.TrainConfig.keywords(cfg.objective))
+    if "at_eps" in owned:
+        expected["at_eps"] = 6 / 255
+    if "at_steps" in owned:  # one-step methods: one step of the budget
+        one = method in ("bilateral", "feature_scatter")
+        expected |= {"at_step_size": 6 / 255 if one else 1.5 / 255, "at_steps": 1 if one else 3}
+    expected |= {k: P[k] for k in ("mart_beta", "bml_lambda", "pool_per_class") if k in owned}
+    assert fields == expected
+
+
+def test_the_page_s_shared_settings_reach_the_methods_that_have_them():
+    # which methods the shared attack and own settings reached (a closed list: a method dropped is seen)
+    got = {k: sorted(m for m in agk.METHODS if k in agk.method_config(m, P).key_fields()
+                     and agk.method_config(m, P).key_fields()[k] == P[k]) for k in ("at_eps", "at_steps", "mart_beta")}
+    assert got == {"at_eps": ["agkd", "agkd_bml", "alp", "at", "bilateral", "bml", "feature_scatter", "sml"],
+                   "at_steps": ["agkd", "agkd_bml", "alp", "at", "bml", "cat_ce", "cat_mix", "sml"],
+                   "mart_beta": ["agkd", "agkd_bml", "bml"]}
+    assert agk.NEEDS_TEACHER == ("agkd", "agkd_bml")
+    assert all(OBJECTIVES[OBJECTIVE_OF[m]].needs_teacher == (m in agk.NEEDS_TEACHER) for m in OBJECTIVE_OF)
+
+
+def test_an_unknown_method_is_refused_naming_the_valid_ones(synth, monkeypatch):
+    monkeypatch.setattr(agk, "train_model", lambda **kw: pytest.fail("trained"))
+    valid = "um, at, alp, sml, bml, agkd, agkd_bml, bilateral, feature_scatter, cat_ce, cat_mix"
+    with pytest.raises(ValueError, match=rf"^unknown method 'trades'; valid: {valid}$"):
+        agk.train_methods(["um", "trades"], P=P, dataset=synth, teacher=None, device="cpu")
+    with pytest.raises(ValueError, match=r"^methods agkd_bml start from and distil a teacher: give teacher=$"):
+        agk.train_methods(["um", "agkd_bml"], P=P, dataset=synth, teacher=None, device="cpu")
+
+
+def test_the_teacher_is_the_undefended_model_unless_the_page_says_otherwise():
+    assert agk.teacher_config(P) == agk.method_config("um", P)
+    other = agk.teacher_config(P | {"teacher_epochs": 3, "teacher_lr": 0.1})
+    assert (other.epochs, other.lr, other.objective) == (3, 0.1, "standard")
+
+
+def test_train_methods_trains_in_order_and_gives_the_agkd_students_the_teacher(synth, fresh_cache):
+    teacher = agk.train_teacher(P, dataset=synth, device="cpu")
+    seen = []
+    models = agk.train_methods(["um", "at", "agkd_bml"], P=P, dataset=synth, teacher=teacher, device="cpu",
+                               on_model=lambda m: seen.append(m.meta["config"]["objective"]))
+    assert seen == ["standard", "pgd_at", "agkd_bml"] and list(models) == ["um", "at", "agkd_bml"]
+    assert models["um"].from_cache and models["um"].key == teacher.key  # the teacher is UM, cached once
+    assert [models[m].meta["teacher"] for m in models] == [None, None, teacher.key]
+    assert all(models[m].meta["n_train"] == 40 for m in models)  # train_per_class 10 of 4 classes
+
+
+@pytest.fixture(scope="module")
+def images(synth):
+    index = torch.arange(0, 64, 2)
+    return index, data.to_float(synth.test.images[index]), synth.test.labels[index]
+
+
+T1 = ["natural", "fgsm", "bim:10", "pgd:10", "pgd:20", "cw:10", "cw:20", "mim:40"]
+
+
+def test_the_t1_attacks_are_the_supplement_s_columns_at_the_page_s_budgets():
+    e, s = 8 / 255, 2 / 255
+    assert agk.attacks_for(P, autoattack=True, surrogates=("vgg",)) == {
+        "fgsm": {"eps": e}, "bim:10": {"eps": e, "step_size": s, "steps": 10},
+        "pgd:10": {"eps": e, "step_size": s, "steps": 10, "seed": 0},
+        "pgd:20": {"eps": e, "step_size": s, "steps": 20, "seed": 0},
+        "cw:10": {"eps": e, "step_size": s, "steps": 10, "seed": 0},
+        "cw:20": {"eps": e, "step_size": s, "steps": 20, "seed": 0},
+        "mim:40": {"eps": e, "step_size": 0.5 / 255, "steps": 40},
+        "autoattack": {"eps": e, "seed": 0},
+        "transfer:vgg": {"surrogate": "vgg", "eps": e, "step_size": s, "steps": 20, "seed": 0}}
+    without = {k: v for k, v in P.items() if k != "mim_step_size"}
+    assert agk.attacks_for(without)["mim:40"]["step_size"] == s and list(agk.attacks_for(without)) == T1[1:]
+
+
+def test_evaluate_methods_rows_are_the_means_of_their_flags(synth, tiny_model, images):
+    index, x, y = images
+    models = {"um": as_trained(tiny_model, "tiny_cnn")}
+    rows, flags = agk.evaluate_methods(models, x=x, y=y, index=index, P=P, surrogates={"self": tiny_model})
+    names = T1 + ["transfer:self"]
+    assert rows["evaluation"].tolist() == names and set(rows["method"]) == {"um"}
+    assert rows["ran"].tolist() == ["natural", "FGSM", "BIM-10", "PGD-10", "PGD-20", "CW-10", "CW-20", "MIM-40",
+                                    "PGD-20 transfer from self"]
+    means = flags.groupby("evaluation", sort=False)["robust"].mean() * 100
+    assert means.index.tolist() == names and means.tolist() == pytest.approx(rows["accuracy"].tolist(), abs=0)
+    assert (rows["n"] == 32).all() and (rows["seed"] == 0).all()
+    for e in names:
+        assert flags[flags.evaluation == e]["index"].tolist() == index.tolist()
+    natural = (tiny_model(x).argmax(1) == y).numpy()
+    wide = flags.pivot(index="index", columns="evaluation", values="robust")
+    assert (wide["natural"].to_numpy() == natural).all()
+    assert not (wide[names[1:]].to_numpy() & ~natural[:, None]).any()  # an attack never fixes a mistake
+    # the model as its own surrogate: white-box PGD-20, flag for flag (a transfer column that ran)
+    assert wide["transfer:self"].equals(wide["pgd:20"]) and rows.loc[rows.evaluation == "pgd:20", "accuracy"].item() < 100
+
+
+def test_evaluate_methods_checks_the_index_before_any_attack(tiny_model, images):
+    index, x, y = images
+    with pytest.raises(ValueError, match=r"^index must give the test position of each of the 32 images, got 31$"):
+        agk.evaluate_methods({"um": as_trained(tiny_model, "tiny_cnn")}, x=x, y=y, index=index[:-1], P=P)
+
+
+def test_knn_table_rows_and_flags_agree_and_a_point_is_its_own_nearest_neighbour(synth, tiny_model, images):
+    index, x, y = images
+    models = {"um": as_trained(tiny_model, "tiny_cnn")}
+    rows, flags = agk_analysis.knn_table(models, train_x=x, train_y=y, x=x, y=y, P=P | {"knn_k": 1}, index=index)
+    assert rows[["classifier", "evaluation"]].values.tolist() == [["knn", "natural"], ["softmax", "natural"],
+                                                                   ["knn", "pgd:20"], ["softmax", "pgd:20"]]
+    means = flags.groupby(["classifier", "evaluation"], sort=False)["correct"].mean() * 100
+    assert means.tolist() == pytest.approx(rows["accuracy"].tolist(), abs=0)
+    acc = rows.set_index(["classifier", "evaluation"])["accuracy"]
+    assert acc["knn", "natural"] == 100  # 1-NN over the test images themselves: each one finds itself
+    softmax = flags[(flags.classifier == "softmax") & (flags.evaluation == "natural")]["correct"].to_numpy()
+    assert (softmax == (tiny_model(x).argmax(1) == y).numpy()).all() and acc["softmax", "pgd:20"] < acc["softmax", "natural"]
+    assert flags[flags.classifier == "knn"]["index"].tolist() == index.tolist() * 2
+
+
+def test_knn_table_refuses_a_k_beyond_the_training_set_before_any_attack(tiny_model, images, monkeypatch):
+    index, x, y = images
+    monkeypatch.setattr(agk_analysis, "clean_and_adversarial", lambda *a, **kw: pytest.fail("attacked"))
+    with pytest.raises(ValueError, match=r"^knn_k must be an integer in \[1, 32\] \(the k-NN training set's size\), "
+                                         r"got 50$"):
+        agk_analysis.knn_table({"um": as_trained(tiny_model, "tiny_cnn")}, train_x=x, train_y=y, x=x, y=y, P=P)
