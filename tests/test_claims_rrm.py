@@ -211,7 +211,7 @@ def ratio_claim(**extra) -> dict:
     claim = {"id": "SIM.t", "artifact": "RRM-T2", "statement": "The student trains in a tenth of the time.",
              "rule": "time_ratio", "numerator": "student", "denominator": "madry", "below": 0.5,
              "paired": False}   # the simulated timings below are independent draws, not interleaved rounds
-    return {k: v for k, v in claim.items() if not ("between" in extra and k == "below")} | extra
+    return {k: v for k, v in claim.items() if not (("between" in extra or "above" in extra) and k == "below")} | extra
 
 
 def test_paired_rounds_cancel_a_load_shared_by_every_method():
@@ -279,6 +279,19 @@ def test_between_holds_fails_and_stays_open():
     assert "Ratio claimed between 0.05 and 0.1, fixed in advance" in v.why
 
 
+def test_above_holds_fails_and_stays_open():
+    """``above``: the mirror of ``below`` (AGK-T4: a method takes more time than another)."""
+    frame = timings(np.random.default_rng(76), TIGHT)          # true ratios: teacher / student 3, student / madry 0.1
+    decide = lambda a, num, den: claims.decide(ratio_claim(above=a, numerator=num, denominator=den),
+                                               {"timings": frame}, CTX)
+    v = decide(2.0, "teacher", "student")
+    assert v.outcome == "holds" and 2.0 < v.low < 3.0 < v.high, v.line()
+    assert "Ratio claimed above 2, fixed in advance" in v.why
+    assert decide(1.0, "student", "madry").outcome == "does not hold"
+    open_ = decide(3.0, "teacher", "student")                # the truth on the edge
+    assert open_.outcome == "inconclusive" and "repeats of each method" in open_.why, open_.line()
+
+
 def test_a_missing_method_is_not_run_and_named():
     frame = timings(np.random.default_rng(74), TIGHT)
     v = claims.decide(ratio_claim(add=["ghost"], denominator=["madry", "trades"]), {"timings": frame}, CTX)
@@ -333,9 +346,10 @@ def test_ratio_of_medians_covers_the_true_ratio():
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"between": [0.1, 0.3], "below": 0.5}, "time_ratio needs exactly one of below, between; got below, between"),
+    ({"between": [0.1, 0.3], "below": 0.5}, "time_ratio needs exactly one of below, above, between; got below, between"),
     ({"below": None}, "below must be a ratio above 0, got None"),
     ({"below": 0}, "below must be a ratio above 0, got 0"),
+    ({"above": -1}, "above must be a ratio above 0, got -1"),
     ({"between": [0.3, 0.1]}, r"between must be \[low, high\] with 0 <= low < high, got \[0.3, 0.1\]"),
     ({"between": [0.1]}, r"between must be \[low, high\] with 0 <= low < high, got \[0.1\]"),
     ({"denominator": []}, r"denominator must be a method name or a list of them, got \[\]"),
@@ -347,7 +361,7 @@ def test_time_ratio_refuses_bad_settings_in_one_line(extra, message):
     with pytest.raises(ValueError, match=rf"^claim 'SIM.t': {message}$"):
         claims.decide(ratio_claim(**extra), {}, CTX)      # no table at all: the claim is judged wrong first
     neither = {k: v for k, v in ratio_claim().items() if k != "below"}
-    with pytest.raises(ValueError, match=r"^claim 'SIM.t': time_ratio needs exactly one of below, between; "
+    with pytest.raises(ValueError, match=r"^claim 'SIM.t': time_ratio needs exactly one of below, above, between; "
                                          r"got neither$"):
         claims.decide(neither, {}, CTX)
 

@@ -476,14 +476,17 @@ def _methods(claim: dict, key: str, *, required: bool = True) -> list[str]:
 
 def _time_region(claim: dict) -> tuple[float, float, str]:
     """The region the ratio is claimed to lie in, as (low, high, words): ``below = b`` is (-inf, b),
-    ``between = [lo, hi]`` is (lo, hi)."""
-    given = [k for k in ("below", "between") if k in claim]
+    ``above = a`` is (a, inf), ``between = [lo, hi]`` is (lo, hi)."""
+    given = [k for k in ("below", "above", "between") if k in claim]
     if len(given) != 1:
-        raise ValueError(f"claim {claim.get('id')!r}: time_ratio needs exactly one of below, between; "
+        raise ValueError(f"claim {claim.get('id')!r}: time_ratio needs exactly one of below, above, between; "
                          f"got {', '.join(given) or 'neither'}")
     if given == ["below"]:
         b = _positive(claim, "below", "a ratio")
         return -math.inf, b, f"below {b:g}"
+    if given == ["above"]:
+        a = _positive(claim, "above", "a ratio")
+        return a, math.inf, f"above {a:g}"
     v = claim["between"]
     ok = (isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                       and math.isfinite(x) for x in v) and 0 <= v[0] < v[1])
@@ -494,7 +497,8 @@ def _time_region(claim: dict) -> tuple[float, float, str]:
 
 def time_ratio(claim: dict, tables: dict, ctx: Context) -> Verdict:
     """A method's time relative to another's: median(``numerator``) / median(``denominator``) lies
-    ``below`` a fixed ratio, or ``between`` [low, high], for each denominator (a method or a list).
+    ``below`` or ``above`` a fixed ratio, or ``between`` [low, high], for each denominator (a method or
+    a list).
 
     The table (default ``"timings"``) has columns ``method``, ``repeat`` and ``value`` (default
     ``"seconds_per_run"``). ``add`` lists methods whose times are added to the numerator repeat by

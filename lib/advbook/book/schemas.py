@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from advbook.book import schemas_lec   # the LEC chapter's parameters, in their own module
 from advbook.book import schemas_rrm   # the RRM chapter's
+from advbook.book import schemas_agk   # the AGK chapter's
 from advbook.book.param import ATTACK as _ATTACK, COMMON as _COMMON, TRAIN as _TRAIN, Param, ParameterError, parse_value
 
 __all__ = ["Param", "SCHEMAS", "PROFILES", "load_profiles", "parse_value", "ParameterError", "Rule", "RULES",
@@ -274,6 +275,36 @@ RULES.update({"rrm_speedup": _RRM, "rrm_transfer": _RRM, "rrm_capacity": _RRM,
               "rrm_lambda": (*_RRM, Rule(lambda p: len(p["lambdas"]) >= 2 and p["lambdas"] == sorted(p["lambdas"]),
                                          lambda p: f"lambdas={p['lambdas']!r} must be at least two values in "
                                                    "increasing order (the claims compare the two ends)"))})
+SCHEMAS.update(schemas_agk.SCHEMAS)
+
+# The AGK pages: one training set for every model; two of a kind where a table compares two.
+_AGK = (_train_per_class("train_per_class"), *_per_class("n_eval"),
+        Rule(lambda p: p.get("aa_version") != "custom" or len(p["aa_parts"]) > 0,
+             lambda p: "aa_parts must name at least one attack with aa_version=custom"))
+
+
+def _two_increasing(name: str, what: str) -> Rule:
+    return Rule(lambda p: len(p[name]) == 2 and p[name][0] < p[name][1],
+                lambda p: f"{name}={p[name]!r} must be two values, the smaller first ({what})")
+
+
+RULES.update({
+    "agk_attacks": _AGK,
+    "agk_autoattack": (*_AGK, _two_increasing("epoch_points", "the two training lengths"),
+                       Rule(lambda p: len(p["models"]) == 2 and p["models"][0] != p["models"][1],
+                            lambda p: f"models={p['models']!r} must be two different architectures, the narrower first")),
+    "agk_attention": _AGK,
+    "agk_cat": _AGK,
+    "agk_features": (*_AGK,
+                     Rule(lambda p: p["knn_k"] <= p["train_per_class"] * _size(p, 0),
+                          lambda p: f"knn_k={p['knn_k']!r} must be at most the k-NN's training set, "
+                                    f"train_per_class x classes = {p['train_per_class'] * _size(p, 0)}"),
+                     Rule(lambda p: max(p["tsne_classes"]) < _size(p, 0),
+                          lambda p: f"tsne_classes={p['tsne_classes']!r} must be class indices below {_size(p, 0)}"),
+                     Rule(lambda p: p["tsne_per_class"] <= _size(p, 2),
+                          lambda p: f"tsne_per_class={p['tsne_per_class']!r} must be at most {_size(p, 2)}, the "
+                                    f"test images per class")),
+})
 # Pages built from the other pages' artifacts (the claims page, the section map): the profile only.
 SCHEMAS["claims"] = {}
 SCHEMAS["where"] = {}

@@ -269,6 +269,7 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, int]]] = {
     "vgg11_small": lambda: _vgg11_bn(divisor=8),  # VGG-11's layout at 1/8 width: the cpu stand-in for VGG-11
     "mobilenet_v2": _mobilenet_v2,
     "wrn34_10": _wide_resnet,
+    "wrn28_10": lambda: _wide_resnet(depth=28, widen=10),   # AGKD-BML supplement Table 2's narrower network
     "wrn40_2": lambda: _wide_resnet(depth=40, widen=2),   # Raghunathan et al. 2019's model (LEC-T1), 2.2M parameters
     "micro_cnn": lambda: _small_cnn(4),   # the RRM chapter's smallest student (32-d features)
     "resnet50": _resnet50,  # the RRM paper's student, 23.5M parameters (2048-d features)
