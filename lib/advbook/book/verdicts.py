@@ -28,7 +28,9 @@ SECTIONS = {"HOL-F2": "hol-ddb", "HOL-F3": "hol-toy", "HOL-T1": "hol-freq", "HOL
             "LEC-F1": "lec-examples", "LEC-F2": "lec-examples",
             **{f"LEC-F{i}": "lec-whitebox" for i in range(3, 9)}, "LEC-F9": "lec-beyond", "LEC-F10": "lec-beyond",
             "LEC-F11": "lec-defenses", "LEC-T1": "lec-tradeoff",
-            "RRM-T1": "rrm-speedup", "RRM-T2": "rrm-transfer", "RRM-F3": "rrm-lambda", "RRM-F4": "rrm-capacity"}
+            "RRM-T1": "rrm-speedup", "RRM-T2": "rrm-transfer", "RRM-F3": "rrm-lambda", "RRM-F4": "rrm-capacity",
+            "AGK-T1": "agk-attacks", "AGK-T4": "agk-attacks", "AGK-T2": "agk-autoattack", "AGK-T3": "agk-attention",
+            "AGK-T5": "agk-cat", "AGK-T6": "agk-features", "AGK-F1": "agk-features"}
 
 
 def _expand_paper_best(claim: dict) -> list[dict]:
@@ -185,7 +187,9 @@ PAGES = {"hol-ddb": "01_hol_ddb", "hol-toy": "02_hol_toy_paths", "hol-freq": "03
          "vir-ablations": "07_vir_ablations", "vir-scale": "08_vir_scale", "lec-examples": "11_lec_examples",
          "lec-whitebox": "12_lec_whitebox", "lec-beyond": "13_lec_beyond", "lec-defenses": "14_lec_defenses",
          "lec-tradeoff": "15_lec_tradeoff", "rrm-speedup": "16_rrm_speedup", "rrm-transfer": "17_rrm_transfer",
-         "rrm-lambda": "18_rrm_lambda", "rrm-capacity": "19_rrm_capacity"}
+         "rrm-lambda": "18_rrm_lambda", "rrm-capacity": "19_rrm_capacity", "agk-attacks": "20_agk_attacks",
+         "agk-autoattack": "21_agk_autoattack", "agk-attention": "22_agk_attention", "agk-cat": "23_agk_cat",
+         "agk-features": "24_agk_features"}
 
 
 def decide_all(folder: Path) -> list[engine.Verdict]:
