@@ -1,4 +1,5 @@
-"""AGK-T6: k-NN against softmax accuracy on the penultimate features, clean and under PGD-20.
+"""AGK-T6: k-NN against softmax accuracy on the penultimate features, clean and under PGD-20; AGK-F1:
+the t-SNE maps of clean and adversarial features.
 
 The k-NN classifier lives in :mod:`advbook.analysis.representation` (the supplement's §6: k = 50 on
 the penultimate features, SML's cosine metric), above the evaluation layer, so the chapter's table is
@@ -9,16 +10,17 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from advbook.analysis.representation import clean_and_adversarial, knn_accuracy, penultimate
+from advbook.analysis.representation import clean_and_adversarial, knn_accuracy, penultimate, tsne
 from advbook.training.train import TrainedModel
 
-__all__ = ["KNN_EVALUATIONS", "knn_table"]
+__all__ = ["KNN_EVALUATIONS", "knn_table", "tsne_points"]
 
 KNN_EVALUATIONS = ("natural", "pgd:20")   # the names of evaluate_methods' flags for the same images
 
 
 def knn_table(models: dict[str, TrainedModel], *, train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor,
-              y: torch.Tensor, P: dict, index: torch.Tensor | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+              y: torch.Tensor, P: dict, index: torch.Tensor | None = None, steps: int = 20,
+              clean: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per model, the k-NN (``knn_k``, else the supplement's 50; ``knn_metric``, else cosine) and the
     softmax accuracy on the test images ``x`` and on their L-inf PGD-20 examples (``eval_eps``,
     ``eval_step_size``, random start seeded by ``seed``: AGK-T1's ``pgd:20``). The k-NN classifier's
@@ -38,10 +40,11 @@ def knn_table(models: dict[str, TrainedModel], *, train_x: torch.Tensor, train_y
     rows, flags = [], []
     for name, m in models.items():
         bank = penultimate(m.model, train_x, batch_size=P.get("eval_batch_size", 500))
-        f = clean_and_adversarial(m.model, x, y, eps=P["eval_eps"], step_size=P["eval_step_size"], steps=20,
+        f = clean_and_adversarial(m.model, x, y, eps=P["eval_eps"], step_size=P["eval_step_size"], steps=steps,
                                   seed=P["seed"], batch_size=P.get("eval_batch_size", 500))
         yd = y.to(f.clean_pred.device)
-        for evaluation, feats, pred in (("natural", f.clean, f.clean_pred), ("pgd:20", f.adversarial, f.adversarial_pred)):
+        views = [("natural", f.clean, f.clean_pred)] if clean else []
+        for evaluation, feats, pred in views + [(f"pgd:{steps}", f.adversarial, f.adversarial_pred)]:
             for classifier, correct in (("knn", knn_accuracy(bank, train_y, feats, y, k=k, metric=metric)),
                                         ("softmax", pred == yd)):
                 correct = correct.cpu().numpy()
@@ -50,3 +53,53 @@ def knn_table(models: dict[str, TrainedModel], *, train_x: torch.Tensor, train_y
                 flags.append(pd.DataFrame({"seed": P["seed"], "index": index.cpu().numpy(), "method": name,
                                            "classifier": classifier, "evaluation": evaluation, "correct": correct}))
     return pd.DataFrame(rows), pd.concat(flags, ignore_index=True)
+
+
+def tsne_points(models: dict[str, TrainedModel], *, x: torch.Tensor, y: torch.Tensor, P: dict,
+                index: torch.Tensor | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """AGK-F1's maps (the supplement's Figs. 1-4): per model and per attack of ``P["tsne_steps"]``
+    (L-inf PGD, ``eval_eps``, ``eval_step_size``, random start seeded by ``seed``), one t-SNE map
+    (:func:`~advbook.analysis.representation.tsne`, ``seed``, ``tsne_perplexity``, the k-NN's
+    ``knn_metric``) of the penultimate features of every image of ``x`` (clean) together with those
+    of the adversarial examples of the images whose class is in ``P["tsne_classes"]``: so each
+    attacked class's examples are placed among the clean points of every class, as in the
+    supplement's panels, one map per (model, attack) shared by the panel's rows.
+
+    Returns the points (method, attack, kind "clean" or "adversarial", index, label, attacked: the
+    label for adversarial points and -1 for clean ones, x, y) and the features behind them (method,
+    kind: "clean" or the attack's name, index, label, f0 ... f<d-1>, rounded to 5 decimals)."""
+    classes = list(P["tsne_classes"])
+    index = torch.arange(len(x)) if index is None else index
+    if len(index) != len(x) or len(y) != len(x):
+        raise ValueError(f"expected one label and one index per image, got {len(y)} labels and {len(index)} "
+                         f"indices for {len(x)} images")
+    chosen = torch.isin(y.cpu(), torch.tensor(classes))
+    if not chosen.any():
+        raise ValueError(f"no image of tsne_classes={classes!r} among the {len(x)} images")
+    idx, lab = index.cpu().numpy(), y.cpu().numpy()
+    points, feats = [], []
+
+    def table(method, kind, f, rows):
+        out = pd.DataFrame(f.cpu().numpy().round(5), columns=[f"f{i}" for i in range(f.shape[1])])
+        return pd.concat([pd.DataFrame({"method": method, "kind": kind, "index": idx[rows], "label": lab[rows]}), out],
+                         axis=1)
+
+    everyone = torch.arange(len(x)).numpy()
+    sub = chosen.nonzero().squeeze(1)
+    for name, m in models.items():
+        clean = penultimate(m.model, x, batch_size=P.get("eval_batch_size", 500))
+        feats.append(table(name, "clean", clean, everyone))
+        for steps in P["tsne_steps"]:
+            attack = f"pgd:{steps}"
+            adv = clean_and_adversarial(m.model, x[sub.to(x.device)], y[sub.to(y.device)], eps=P["eval_eps"],
+                                        step_size=P["eval_step_size"], steps=steps, seed=P["seed"],
+                                        batch_size=P.get("eval_batch_size", 500)).adversarial
+            feats.append(table(name, attack, adv, sub.numpy()))
+            both = torch.cat([clean.float().cpu(), adv.float().cpu()])
+            xy = tsne(both, seed=P["seed"], perplexity=P["tsne_perplexity"], metric=P.get("knn_metric", "cosine"))
+            n = len(clean)
+            points.append(pd.DataFrame({
+                "method": name, "attack": attack, "kind": ["clean"] * n + ["adversarial"] * len(sub),
+                "index": list(idx) + list(idx[sub.numpy()]), "label": list(lab) + list(lab[sub.numpy()]),
+                "attacked": [-1] * n + list(lab[sub.numpy()]), "x": xy[:, 0].numpy(), "y": xy[:, 1].numpy()}))
+    return pd.concat(points, ignore_index=True), pd.concat(feats, ignore_index=True)
