@@ -106,3 +106,19 @@ def test_knn_table_names_the_attack_by_its_steps_and_can_leave_the_clean_rows_ou
                                          P=P | {"knn_k": 3}, index=index, steps=5, clean=False)
     assert rows[["classifier", "evaluation"]].values.tolist() == [["knn", "pgd:5"], ["softmax", "pgd:5"]]
     assert set(flags["evaluation"]) == {"pgd:5"}
+
+
+def test_time_ratios_are_the_medians_ratio_with_a_paired_interval():
+    import pandas as pd
+    load = [1.0, 3.0, 1.2, 0.9, 2.0, 1.1]          # a load common to both methods in each round
+    rows = pd.DataFrame([{"method": m, "repeat": r, "seconds_per_epoch": base * f}
+                         for m, base in (("at", 10.0), ("sml", 15.0)) for r, f in enumerate(load)])
+    out = agk_analysis.time_ratios(rows).set_index("method")
+    assert out.loc["at", "ratio"] == 1.0 and out.loc["sml", "ratio"] == pytest.approx(1.5)
+    assert out.loc["sml", "low"] == pytest.approx(1.5) and out.loc["sml", "high"] == pytest.approx(1.5)  # paired: exact
+    assert (out["rounds"] == 6).all()
+    table = agk_studies.time_table(rows.assign(steps=7, epochs=10, seconds_per_run=0.0, device="cpu"))
+    long = agk_studies.time_beside_rows(table)
+    assert long.set_index(["method", "quantity"])["value"]["sml", "ratio_to_at"] == pytest.approx(1.5)
+    with pytest.raises(ValueError, match=r"^the reference 'at' was not timed; timed: sml$"):
+        agk_analysis.time_ratios(rows[rows.method == "sml"])

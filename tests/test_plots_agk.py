@@ -230,3 +230,15 @@ def test_knn_and_time_ratios_name_their_missing_columns():
         plots_agk.time_ratios(ours.drop(columns="high"), ours[["method", "ratio"]])
     with pytest.raises(ValueError, match="lacks column.s. ratio$"):
         plots_agk.time_ratios(ours, ours[["method"]])
+
+
+def test_tsne_panels_share_the_clean_points_marked_minus_one_across_rows():
+    rng = np.random.default_rng(3)
+    rows = [dict(method="um", attack="pgd:20", attacked=-1, kind="clean", label=lab, x=rng.normal(), y=rng.normal())
+            for lab in range(10) for _ in range(3)]
+    rows += [dict(method="um", attack="pgd:20", attacked=c, kind="adversarial", label=c, x=rng.normal(), y=rng.normal())
+             for c in (0, 4) for _ in range(2)]
+    fig = plots_agk.tsne_panels(pd.DataFrame(rows))
+    axes = fig.axes[:2]
+    assert [len(ax.collections[0].get_offsets()) for ax in axes] == [30, 30]     # every clean point in each row
+    assert [len(ax.collections[1].get_offsets()) for ax in axes] == [2, 2]       # that row's adversarial points

@@ -11,9 +11,10 @@ import pandas as pd
 import torch
 
 from advbook.analysis.representation import clean_and_adversarial, knn_accuracy, penultimate, tsne
+from advbook.analysis.stats import ratio_of_medians
 from advbook.training.train import TrainedModel
 
-__all__ = ["KNN_EVALUATIONS", "knn_table", "tsne_points"]
+__all__ = ["KNN_EVALUATIONS", "knn_table", "tsne_points", "time_ratios"]
 
 KNN_EVALUATIONS = ("natural", "pgd:20")   # the names of evaluate_methods' flags for the same images
 
@@ -103,3 +104,19 @@ def tsne_points(models: dict[str, TrainedModel], *, x: torch.Tensor, y: torch.Te
                 "index": list(idx) + list(idx[sub.numpy()]), "label": list(lab) + list(lab[sub.numpy()]),
                 "attacked": [-1] * n + list(lab[sub.numpy()]), "x": xy[:, 0].numpy(), "y": xy[:, 1].numpy()}))
     return pd.concat(points, ignore_index=True), pd.concat(feats, ignore_index=True)
+
+
+def time_ratios(timings: pd.DataFrame, *, reference: str = "at", value: str = "seconds_per_epoch",
+                level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """AGK-T4's ratios for the figure: each method's median ``value`` over the timing rounds divided by
+    ``reference``'s, with a paired percentile-bootstrap interval over the rounds
+    (:func:`~advbook.analysis.stats.ratio_of_medians`, the claims' interval at one comparison's level).
+    Columns: method, ratio, low, high, rounds."""
+    if reference not in set(timings["method"]):
+        raise ValueError(f"the reference {reference!r} was not timed; timed: {', '.join(timings['method'].unique())}")
+    wide = timings.pivot(index="repeat", columns="method", values=value)
+    rows = []
+    for m in timings["method"].unique():
+        t = ratio_of_medians(wide[m], wide[reference], level=level, seed=seed, paired=True)
+        rows.append({"method": m, "ratio": t.estimate, "low": t.low, "high": t.high, "rounds": t.n})
+    return pd.DataFrame(rows)

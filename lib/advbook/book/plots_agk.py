@@ -361,7 +361,9 @@ def tsne_panels(points: pd.DataFrame, *, class_names: list[str] | None = None, t
     coloured by their true class (tab10) and the attacked class's adversarial examples red circles
     (the supplement's Section 7), drawn last and edged in black so that they stay apart from tab10's
     own red (class 3) where they land in its cluster. t-SNE coordinates carry no units: no ticks.
-    ``class_names`` name the rows and the legend; without them the class indices do."""
+    ``class_names`` name the rows and the legend; without them the class indices do. Clean points
+    with ``attacked`` -1 belong to every row (one map per method and attack, as
+    :func:`advbook.analysis.agk.tsne_points` makes them)."""
     _need(points, ("method", "attack", "attacked", "kind", "label", "x", "y"))
     attacks = _ordered(points["attack"])
     if len(attacks) != 1:
@@ -370,7 +372,7 @@ def tsne_panels(points: pd.DataFrame, *, class_names: list[str] | None = None, t
     kinds = sorted(set(points["kind"]) - {"clean", "adversarial"})
     if kinds:
         raise ValueError(f"unknown kind(s) {', '.join(map(str, kinds))}; valid: adversarial, clean")
-    attacked = _ordered(points["attacked"])
+    attacked = _ordered(points.loc[points["attacked"] >= 0, "attacked"])
     methods = _ordered(points["method"])
     top = int(max(points["label"].max(), max(attacked)))
     if class_names is not None and len(class_names) <= top:
@@ -389,7 +391,7 @@ def tsne_panels(points: pd.DataFrame, *, class_names: list[str] | None = None, t
     for i, c in enumerate(attacked):
         for j, method in enumerate(methods):
             ax = axes[i, j]
-            part = points[(points["attacked"] == c) & (points["method"] == method)]
+            part = points[points["attacked"].isin([c, -1]) & (points["method"] == method)]
             clean = part[part["kind"] == "clean"]
             adv = part[part["kind"] == "adversarial"]
             ax.scatter(clean["x"], clean["y"], s=6, marker="^", linewidths=0,

@@ -30,10 +30,12 @@ import torch
 from advbook.data.cifar import Dataset
 from advbook.evaluation import agk
 from advbook.evaluation.evaluate import evaluate
+from advbook.evaluation.rrm import test_images   # the book's class-balanced test images (re-exported)
 from advbook.training import timing
 from advbook.training.train import TrainConfig, TrainedModel, train_model
 
-__all__ = ["TABLE4_STEPS", "SURROGATE_ROLES", "time_methods", "time_table", "width_study", "train_surrogates"]
+__all__ = ["TABLE4_STEPS", "SURROGATE_ROLES", "test_images", "time_methods", "time_table", "time_beside_rows",
+           "width_study", "train_surrogates"]
 
 TABLE4_STEPS = {"bilateral": 1, "feature_scatter": 1, "at": 7, "sml": 7, "agkd_bml": 2}   # Table 4's "# of steps"
 SURROGATE_ROLES = ("vgg", "wrn")   # AGK-T5's two source models, in the order of P["surrogates"]
@@ -76,6 +78,13 @@ def time_table(timings: pd.DataFrame, *, reference: str = "at") -> pd.DataFrame:
     ref = agg.loc[reference, "seconds_per_epoch"] if reference in agg.index else math.nan
     agg.insert(2, "ratio_to_at", agg["seconds_per_epoch"] / ref)
     return agg.reset_index()
+
+
+def time_beside_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`time_table` as (method, quantity, value) rows for the quantities the supplement's Table 4
+    also has: steps, seconds_per_epoch, ratio_to_at (report.cells_beside puts the paper's beside them)."""
+    return table.melt(id_vars=["method"], value_vars=["steps", "seconds_per_epoch", "ratio_to_at"],
+                      var_name="quantity", value_name="value")
 
 
 def width_study(P: dict, *, dataset: Dataset, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, device,
