@@ -123,7 +123,9 @@ P = dict(model="tiny_cnn", seed=0, train_per_class=10, epochs=1, batch_size=20, 
          eval_eps=8 / 255, eval_step_size=2 / 255, mim_step_size=0.5 / 255, eval_batch_size=16)
 OBJECTIVE_OF = {"um": "standard", "at": "pgd_at", "alp": "alp", "sml": "sml", "bml": "bml", "agkd": "agkd",
                 "agkd_bml": "agkd_bml", "bilateral": "bilateral", "feature_scatter": "feature_scatter",
-                "cat_ce": "cat_ce", "cat_mix": "cat_mix"}
+                "cat_ce": "cat_ce", "cat_mix": "cat_mix", "agkd_gc_orig": "agkd", "agkd_gc_false": "agkd",
+                "agkd_cam_avg": "agkd"}
+ATTENTION_OF = {"agkd_gc_orig": "gradcam_orig", "agkd_gc_false": "gradcam_false", "agkd_cam_avg": "cam_average"}
 
 
 @pytest.mark.parametrize("method", list(OBJECTIVE_OF))
@@ -132,6 +134,7 @@ def test_each_method_trains_its_objective_with_the_page_s_shared_settings(method
     fields, default = cfg.key_fields(), train.TrainConfig.build(OBJECTIVE_OF[method]).key_fields()
     assert cfg.objective == OBJECTIVE_OF[method]
     expected = dict(default, epochs=1, batch_size=20, lr=0.05, weight_decay=1e-4)  # momentum etc.: defaults
+    expected |= {"agk_attention": ATTENTION_OF[method]} if method in ATTENTION_OF else {}
     owned = set(train.TrainConfig.keywords(cfg.objective))
     if "at_eps" in owned:
         expected["at_eps"] = 6 / 255
@@ -146,16 +149,19 @@ def test_the_page_s_shared_settings_reach_the_methods_that_have_them():
     # which methods the shared attack and own settings reached (a closed list: a method dropped is seen)
     got = {k: sorted(m for m in agk.METHODS if k in agk.method_config(m, P).key_fields()
                      and agk.method_config(m, P).key_fields()[k] == P[k]) for k in ("at_eps", "at_steps", "mart_beta")}
-    assert got == {"at_eps": ["agkd", "agkd_bml", "alp", "at", "bilateral", "bml", "feature_scatter", "sml"],
-                   "at_steps": ["agkd", "agkd_bml", "alp", "at", "bml", "cat_ce", "cat_mix", "sml"],
-                   "mart_beta": ["agkd", "agkd_bml", "bml"]}
-    assert agk.NEEDS_TEACHER == ("agkd", "agkd_bml")
+    t3 = ["agkd_cam_avg", "agkd_gc_false", "agkd_gc_orig"]   # AGK-T3's ablation: agkd with another map
+    assert got == {"at_eps": sorted(["agkd", "agkd_bml", "alp", "at", "bilateral", "bml", "feature_scatter", "sml",
+                                     *t3]),
+                   "at_steps": sorted(["agkd", "agkd_bml", "alp", "at", "bml", "cat_ce", "cat_mix", "sml", *t3]),
+                   "mart_beta": sorted(["agkd", "agkd_bml", "bml", *t3])}
+    assert agk.NEEDS_TEACHER == ("agkd", "agkd_bml", "agkd_gc_orig", "agkd_gc_false", "agkd_cam_avg")
     assert all(OBJECTIVES[OBJECTIVE_OF[m]].needs_teacher == (m in agk.NEEDS_TEACHER) for m in OBJECTIVE_OF)
 
 
 def test_an_unknown_method_is_refused_naming_the_valid_ones(synth, monkeypatch):
     monkeypatch.setattr(agk, "train_model", lambda **kw: pytest.fail("trained"))
-    valid = "um, at, alp, sml, bml, agkd, agkd_bml, bilateral, feature_scatter, cat_ce, cat_mix"
+    valid = ("um, at, alp, sml, bml, agkd, agkd_bml, bilateral, feature_scatter, cat_ce, cat_mix, agkd_gc_orig, "
+             "agkd_gc_false, agkd_cam_avg")
     with pytest.raises(ValueError, match=rf"^unknown method 'trades'; valid: {valid}$"):
         agk.train_methods(["um", "trades"], P=P, dataset=synth, teacher=None, device="cpu")
     with pytest.raises(ValueError, match=r"^methods agkd_bml start from and distil a teacher: give teacher=$"):

@@ -14,6 +14,9 @@ cached, resumable and keyed by everything that decides its weights:
 ``bml``             AGKD-BML without the attention distillation (the paper's BML ablation)
 ``agkd``            AGKD-BML without the triplet (the paper's AGKD ablation); starts from the teacher
 ``agkd_bml``        the released AGKD-BML loss; starts from the teacher (``--nat_init``)
+``agkd_gc_orig``    ``agkd`` distilling Grad-CAM of the original class (AGK-T3's "GC-orig")
+``agkd_gc_false``   ``agkd`` distilling Grad-CAM of the false (predicted) class (AGK-T3's "GC-false")
+``agkd_cam_avg``    ``agkd`` distilling the class-averaged CAM (AGK-T3's "CAM-avg", Zhou et al. 2016)
 ``bilateral``       Bilateral AT (Wang & Zhang 2019), one-step targeted attack
 ``feature_scatter`` Feature Scattering (Zhang & Wang 2019), one Sinkhorn-cost step
 ``cat_ce``          CAT (Cheng et al. 2020), per-sample budgets, cross-entropy
@@ -35,7 +38,11 @@ at_steps=...)``). CAT has no fixed budget (per-sample, grown up to ``cat_eps_max
 the step size and steps only. Every other setting of a method's objective (``mart_beta``,
 ``bml_lambda``, ``alp_lambda``, ``pool_per_class``, ...) is taken from ``P`` where ``P`` has its
 keyword, else the objective's default: a keyword means the same setting in every objective that has
-it (:mod:`advbook.training.framework`).
+it (:mod:`advbook.training.framework`). A method's *fixed* keywords are part of what the method is
+and win over ``P``: the three AGK-T3 variants are ``agkd`` with ``agk_attention`` fixed to their map
+(:data:`advbook.training.agk.ATTENTION_MAPS`), and ``agkd`` and ``agkd_bml`` have it fixed to the
+released code's ``"channel"``, so a page's ``agk_attention`` never turns one method into another (a
+page picks the map by the method's name).
 
 **The teacher** (:func:`train_teacher`) is naturally trained with the page's schedule on the same
 images, with ``teacher_epochs`` and ``teacher_lr`` where ``P`` has them. With neither, its
@@ -68,14 +75,21 @@ SHARED_SCHEDULE = ("epochs", "batch_size", "lr", "weight_decay")   # the page's,
 SHARED_ATTACK = ("at_eps", "at_step_size", "at_steps")             # the page's, where the objective has them
 ONE_STEP = ("bilateral", "feature_scatter")                        # their own single step of size at_eps
 
-# method -> objective (the paper's names on the left)
-_OBJECTIVE = {"um": "standard", "at": "pgd_at", "alp": "alp", "sml": "sml", "bml": "bml", "agkd": "agkd",
-              "agkd_bml": "agkd_bml", "bilateral": "bilateral", "feature_scatter": "feature_scatter",
-              "cat_ce": "cat_ce", "cat_mix": "cat_mix"}
+# method -> (objective, its fixed keywords), the paper's names on the left
+_METHOD: dict[str, tuple[str, dict]] = {
+    "um": ("standard", {}), "at": ("pgd_at", {}), "alp": ("alp", {}), "sml": ("sml", {}), "bml": ("bml", {}),
+    "agkd": ("agkd", {"agk_attention": "channel"}), "agkd_bml": ("agkd_bml", {"agk_attention": "channel"}),
+    "bilateral": ("bilateral", {}),
+    "feature_scatter": ("feature_scatter", {}), "cat_ce": ("cat_ce", {}), "cat_mix": ("cat_mix", {}),
+    # AGK-T3's attention ablation (supplement Table 3)
+    "agkd_gc_orig": ("agkd", {"agk_attention": "gradcam_orig"}),
+    "agkd_gc_false": ("agkd", {"agk_attention": "gradcam_false"}),
+    "agkd_cam_avg": ("agkd", {"agk_attention": "cam_average"}),
+}
 
 
 def _config(method: str) -> Callable[[dict], TrainConfig]:
-    objective = _OBJECTIVE[method]
+    objective, fixed = _METHOD[method]
 
     def build(P: dict) -> TrainConfig:
         own = set(TrainConfig.keywords(objective)) - set(SCHEDULE) - {"objective"}
@@ -83,14 +97,14 @@ def _config(method: str) -> Callable[[dict], TrainConfig]:
         kw |= {k: P[k] for k in sorted(own) if k in P}   # shared attack keys and the method's own
         if method in ONE_STEP:
             kw |= {"at_step_size": P["at_eps"], "at_steps": 1}
-        return TrainConfig.build(objective=objective, **kw)
+        return TrainConfig.build(objective=objective, **(kw | fixed))   # the method's fixed keywords win
 
     build.__name__ = f"config_{method}"
     return build
 
 
-METHODS: dict[str, Callable[[dict], TrainConfig]] = {m: _config(m) for m in _OBJECTIVE}
-NEEDS_TEACHER = ("agkd", "agkd_bml")
+METHODS: dict[str, Callable[[dict], TrainConfig]] = {m: _config(m) for m in _METHOD}
+NEEDS_TEACHER = ("agkd", "agkd_bml", "agkd_gc_orig", "agkd_gc_false", "agkd_cam_avg")
 
 # AGK-T1's columns (supplement Table 1): evaluation name -> (kind, steps); the names are the ones the
 # accuracy rows, the per-image flags and the claims use.

@@ -12,6 +12,10 @@ hongw579/AGKD-BML compares them without resizing), and a display upsamples them 
 * :func:`class_activation_maps` / :func:`cam_average` - CAM (Zhou et al. 2016) for every class, and
   its mean over the classes (the supplement's "CAM-avg", its reference [12]).
 
+:func:`grad_cam_from_map` and :func:`cam_average_from_map` compute the same from a feature map that
+a forward pass already gave, running only the tail after it: a training step distils them from its
+one pass (AGK-T3, :mod:`advbook.training.agk`).
+
 Neither Grad-CAM nor CAM-avg has released code for the paper (the supplement, Table 3, describes
 them in one sentence each); what each computes is stated in its docstring.
 """
@@ -23,7 +27,8 @@ import torch.nn.functional as F
 
 from advbook.models.zoo import Classifier
 
-__all__ = ["cam_average", "channel_attention", "class_activation_maps", "grad_cam", "minmax"]
+__all__ = ["cam_average", "cam_average_from_map", "channel_attention", "class_activation_maps", "grad_cam",
+           "grad_cam_from_map", "minmax"]
 
 
 def minmax(maps: torch.Tensor) -> torch.Tensor:
@@ -85,16 +90,32 @@ def grad_cam(model: Classifier, x: torch.Tensor, classes: torch.Tensor, *,
     one extra backward pass per training step.
     """
     _check_model(model, x, caller="grad_cam")
+    _check_classes(model, classes, len(x))
+    with torch.enable_grad():
+        return grad_cam_from_map(model, model.feature_map(x), classes, create_graph=create_graph)
+
+
+def _check_classes(model: Classifier, classes, n: int) -> None:
     num_classes = model.head.out_features
     if not isinstance(classes, torch.Tensor) or classes.dim() != 1 or classes.dtype.is_floating_point \
             or classes.dtype == torch.bool:
         raise ValueError("classes must be a 1-D integer tensor, one class per image")
-    if len(classes) != len(x):
-        raise ValueError(f"classes must hold one class per image: got {len(classes)} for {len(x)} images")
+    if len(classes) != n:
+        raise ValueError(f"classes must hold one class per image: got {len(classes)} for {n} images")
     if len(classes) and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
         raise ValueError(f"classes must lie in [0, {num_classes}), got {classes.min().item()}..{classes.max().item()}")
+
+
+def grad_cam_from_map(model: Classifier, fmap: torch.Tensor, classes: torch.Tensor, *,
+                      create_graph: bool = False) -> torch.Tensor:
+    """:func:`grad_cam` of a feature map ``fmap`` that ``model.feature_map`` already gave: only the
+    tail after the map (pooling, Flatten, projection, head) runs again, not the body. A training
+    step that has the map of its one forward pass distils Grad-CAM without a second pass through the
+    body (AGK-T3, :mod:`advbook.training.agk`); with ``create_graph=True`` the map keeps the graph
+    into whatever produced ``fmap``."""
+    _check_fmap(fmap)
+    _check_classes(model, classes, len(fmap))
     with torch.enable_grad():
-        fmap = model.feature_map(x)
         if not create_graph or not fmap.requires_grad:
             fmap = fmap.detach().requires_grad_(True)
         logits = model.head(model.features_from_map(fmap))
@@ -119,7 +140,10 @@ def _readout(model: Classifier) -> torch.Tensor:
 
 def _maps_and_readout(model: Classifier, x: torch.Tensor, *, caller: str) -> tuple[torch.Tensor, torch.Tensor]:
     _check_model(model, x, caller=caller)
-    fmap = model.feature_map(x)
+    return _checked_readout(model, model.feature_map(x), caller=caller)
+
+
+def _checked_readout(model: Classifier, fmap: torch.Tensor, *, caller: str) -> tuple[torch.Tensor, torch.Tensor]:
     weight = _readout(model)
     if weight.shape[1] != fmap.shape[1]:
         raise ValueError(f"{caller}: the head reads {weight.shape[1]} features but the feature map has "
@@ -150,5 +174,13 @@ def cam_average(model: Classifier, x: torch.Tensor) -> torch.Tensor:
     CAM is shifted to [0, 1] by the min-max as a whole, as ``channel_attention`` is. Differentiable
     w.r.t. the parameters as it stands (the AGK-T3 ablation distils it).
     """
-    fmap, weight = _maps_and_readout(model, x, caller="cam_average")
+    _check_model(model, x, caller="cam_average")
+    return cam_average_from_map(model, model.feature_map(x))
+
+
+def cam_average_from_map(model: Classifier, fmap: torch.Tensor) -> torch.Tensor:
+    """:func:`cam_average` of a feature map ``fmap`` that ``model.feature_map`` already gave (no pass
+    through the body; differentiable w.r.t. ``fmap`` and the read-out)."""
+    _check_fmap(fmap)
+    fmap, weight = _checked_readout(model, fmap, caller="cam_average")
     return minmax(torch.einsum("c,bchw->bhw", weight.mean(0), fmap))

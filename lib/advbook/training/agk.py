@@ -5,6 +5,13 @@
   adversarial images and a naturally trained teacher's on the clean ones, and the angular triplet;
 * ``bml``: the same without the attention distillation (the paper's BML ablation);
 * ``agkd``: the same without the triplet (the paper's AGKD ablation);
+* ``agk_attention`` (``agkd`` and ``agkd_bml`` only) picks the distilled map, :data:`ATTENTION_MAPS`:
+  ``"channel"``, the released code's class-irrelevant channel sum (the default), or the AGK-T3
+  ablation's (supplement §3, Table 3; no released code): ``"gradcam_orig"``, the student's Grad-CAM of
+  the original class on x1' (and of t on x2') against the teacher's of the same class on the clean
+  image; ``"gradcam_false"``, the student's Grad-CAM of the class it predicts on x1' (x2') against the
+  teacher's of the original class on x1 (t on x2); ``"cam_average"``, the CAM averaged over all
+  classes, student on x1', x2' against teacher on x1, x2. All are built from the step's one pass;
 * ``sml``: Mao et al. 2019's single-directional metric learning (``columbia/Metric_Learning_Adversarial_
   Robustness``, ``train_update_fast_triplet.py`` with ``config_cifar.json``): cross-entropy on PGD
   examples plus angular triplets with the adversarial example as anchor and the hardest negative.
@@ -43,17 +50,20 @@ reference's (l.44, l.66), so they do not change the batch-norm statistics.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from advbook.attacks.core import linf_start, pgd, sign_ascent, without_true
-from advbook.models.attention import channel_attention
+from advbook.models.attention import (cam_average, cam_average_from_map, channel_attention, grad_cam,
+                                      grad_cam_from_map)
 from advbook.training.agk_baselines import soft_cross_entropy, uniform_smoothing
 from advbook.training.framework import Objective, StepContext, check_registry, in_eval_mode, kw_field
 from advbook.training.reweight import kl_per_sample
 
-__all__ = ["OBJECTIVES", "SMLConfig", "BMLConfig", "AGKDConfig", "AGKDBMLConfig", "angular_distance",
+__all__ = ["OBJECTIVES", "ATTENTION_MAPS", "SMLConfig", "BMLConfig", "AGKDConfig", "AGKDBMLConfig", "angular_distance",
            "angular_triplet", "attention_l1", "label_smoothed_ce", "mart_regulariser", "most_confusing",
            "ClassPool"]
 
@@ -181,6 +191,75 @@ class ClassPool:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The distilled attention maps (agk_attention): the released code's and the AGK-T3 ablation's
+#
+# Each function takes the student ``model``, the ``teacher``, the step's one student pass over
+# [x1', x1, x2', (x2)] (``fmaps``, ``logits``; n images each), the clean images ``x`` (x1) and
+# ``x2``, x1's labels ``y`` and x2's class ``t``, and returns the two pairs the L1 compares:
+# ((student on x1', teacher on x1), (student on x2', teacher on x2)). The student's maps carry
+# gradients; the teacher's are computed without (eval mode, as ``main.py`` l.122).
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+def _channel_maps(*, model, teacher, fmaps, logits, n, x, x2, y, t) -> tuple[Pair, Pair]:
+    """The released code's class-irrelevant attention (``main.py`` l.140-146): the channel sum of the
+    last feature map, min-max normalised (:func:`~advbook.models.attention.channel_attention`)."""
+    with torch.no_grad():
+        teacher_maps = teacher.feature_map(torch.cat([x, x2]))
+    student, teacher = channel_attention(fmaps[:3 * n]), channel_attention(teacher_maps)
+    return (student[:n], teacher[:n]), (student[2 * n:], teacher[n:])
+
+
+def _gradcam_maps(*, model, teacher, fmaps, logits, n, x, x2, y, t, false_class: bool) -> tuple[Pair, Pair]:
+    """Grad-CAM (:func:`~advbook.models.attention.grad_cam`) of one class per image; no released code
+    (supplement §3, Table 3), so these are our readings of its two sentences.
+
+    The teacher's map is always of the image's own class: y on x1, t on x2 (x2 is drawn from class t).
+    The student's map on x1' is of y (``false_class=False``, "GC-orig") or of the class the student
+    predicts on x1' (``false_class=True``, "GC-false", the supplement's "false class (actual prediction
+    on AE)"): the detached argmax of this step's x1' logits, the ones the loss and the training
+    accuracy read (train mode), which is y where the attack failed. GC-false thus pulls the map of the
+    class the attack led to onto where the teacher sees the original object (the supplement's point 2).
+    Likewise on x2': t, or the student's prediction.
+
+    No second pass through the body: the student's map is built from ``fmaps`` of the step's one pass
+    (:func:`~advbook.models.attention.grad_cam_from_map` runs only the tail after the map, which is
+    per image, so each image gets its own gradient although the pass normalised the whole batch),
+    with ``create_graph=True``: the L1 reaches the body through the map and the head through the
+    Grad-CAM weights (a double backward). The batch-norm statistics are updated once per step, as
+    with the channel map."""
+    adv = torch.cat([fmaps[:n], fmaps[2 * n:3 * n]])
+    if false_class:
+        student_classes = torch.cat([logits[:n], logits[2 * n:3 * n]]).detach().argmax(1)
+    else:
+        student_classes = torch.cat([y, t])
+    student = grad_cam_from_map(model, adv, student_classes, create_graph=True)
+    teacher_maps = grad_cam(teacher, torch.cat([x, x2]), torch.cat([y, t]))   # detached
+    return (student[:n], teacher_maps[:n]), (student[n:], teacher_maps[n:])
+
+
+def _cam_average_maps(*, model, teacher, fmaps, logits, n, x, x2, y, t) -> tuple[Pair, Pair]:
+    """CAM averaged over all classes (Zhou et al. 2016; the supplement's "CAM-avg", no released code):
+    :func:`~advbook.models.attention.cam_average` of the student on x1', x2' and of the teacher on x1,
+    x2. The student's is built from ``fmaps`` of the step's one pass
+    (:func:`~advbook.models.attention.cam_average_from_map`: the read-out's mean weight times the
+    map, differentiable as it stands), so no second pass and one batch-norm update per step."""
+    student = cam_average_from_map(model, torch.cat([fmaps[:n], fmaps[2 * n:3 * n]]))
+    with torch.no_grad():
+        teacher_maps = cam_average(teacher, torch.cat([x, x2]))
+    return (student[:n], teacher_maps[:n]), (student[n:], teacher_maps[n:])
+
+
+ATTENTION_MAPS: dict[str, Callable[..., tuple[Pair, Pair]]] = {
+    "channel": _channel_maps,
+    "gradcam_orig": functools.partial(_gradcam_maps, false_class=False),
+    "gradcam_false": functools.partial(_gradcam_maps, false_class=True),
+    "cam_average": _cam_average_maps,
+}
+
+
+# ---------------------------------------------------------------------------------------------------
 # Configurations
 
 def _int_at_least(name: str, value, low: int) -> None:
@@ -232,11 +311,12 @@ class SMLConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class AGKDConfig:
-    """The released AGKD-BML settings (``main.py`` l.307-322, ``argument.py`` l.17): both attacks 10
-    steps of 2/255 within 8/255 from a random start, label smoothing 0.5, MART with beta 6 (``--mart``
-    on by default; ``agk_mart=False`` is the main paper's 2-step model without it). ``pool_per_class``
-    as in :class:`SMLConfig`: where x2 is drawn from."""
+class _AGKSettings:
+    """The released AGKD-BML settings every variant shares (``main.py`` l.307-322, ``argument.py``
+    l.17): both attacks 10 steps of 2/255 within 8/255 from a random start, label smoothing 0.5, MART
+    with beta 6 (``--mart`` on by default; ``agk_mart=False`` is the main paper's 2-step model without
+    it). ``pool_per_class`` as in :class:`SMLConfig`: where x2 is drawn from. Not an objective's
+    configuration itself: :class:`AGKDConfig` adds the attention, :class:`BMLConfig` the triplet."""
     norm: str = kw_field("at_norm", "linf", init=False)
     eps: float = kw_field("at_eps", 8 / 255)
     step_size: float = kw_field("at_step_size", 2 / 255)
@@ -255,9 +335,25 @@ class AGKDConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class BMLConfig(AGKDConfig):
-    """AGKD's settings and the triplet's: margin 0.03 (``margin_A_Ap_B``), weight 2 (``lam1``), norm
-    weight 1e-3 (``lam2``); ``bml_reverse`` adds the reverse triplet (see the module docstring)."""
+class AGKDConfig(_AGKSettings):
+    """The shared settings and the distilled attention map, ``agk_attention``, a key of
+    :data:`ATTENTION_MAPS`: ``"channel"`` (the released code's, the default) or one of the AGK-T3
+    ablation's (supplement Table 3). The setting exists only where attention is distilled (``agkd``,
+    ``agkd_bml``); it enters the cache key only when it is not ``"channel"``, so the keys of the
+    models trained before it existed stay valid (``kw_field(keyed_when_set=True)``)."""
+    attention: str = kw_field("agk_attention", "channel", keyed_when_set=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.attention, str) or self.attention not in ATTENTION_MAPS:
+            raise ValueError(f"unknown agk_attention {self.attention!r}; valid: {', '.join(ATTENTION_MAPS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BMLConfig(_AGKSettings):
+    """The shared settings and the triplet's: margin 0.03 (``margin_A_Ap_B``), weight 2 (``lam1``),
+    norm weight 1e-3 (``lam2``); ``bml_reverse`` adds the reverse triplet (see the module
+    docstring). No attention setting: BML distils none."""
     margin: float = kw_field("bml_margin", 0.03)
     lam: float = kw_field("bml_lambda", 2.0)
     reg: float = kw_field("bml_reg", 1e-3)
@@ -270,8 +366,9 @@ class BMLConfig(AGKDConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class AGKDBMLConfig(BMLConfig):
-    """The full released loss: :class:`BMLConfig`'s settings, with the attention distillation."""
+class AGKDBMLConfig(BMLConfig, AGKDConfig):
+    """The full released loss: the shared settings, the attention (:class:`AGKDConfig`) and the
+    triplet (:class:`BMLConfig`); each parent's ``__post_init__`` checks its own fields."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -296,7 +393,8 @@ def _targeted(model, x, target, *, cfg, generator):
 
 def _agk(model, x, y, cfg, ctx: StepContext, *, attention: bool, triplet: bool):
     """One AGKD-BML step (``main.py`` l.106-152), with the attention terms and the triplet switched by
-    the objective. Returns the x1' logits, those the reference's training accuracy reads (l.155)."""
+    the objective; the attention map is ``hyper.attention``'s of :data:`ATTENTION_MAPS`. Returns the
+    x1' logits, those the reference's training accuracy reads (l.155)."""
     hyper = cfg.hyper
     g = torch.Generator(device=x.device).manual_seed(ctx.seed)
     with in_eval_mode(model):
@@ -317,11 +415,10 @@ def _agk(model, x, y, cfg, ctx: StepContext, *, attention: bool, triplet: bool):
     if hyper.mart:
         loss = loss + mart_regulariser(logits_nat=logits_clean, logits_adv=logits_adv, labels=y, beta=hyper.beta)
     if attention:
-        with torch.no_grad():
-            teacher_maps = ctx.teacher.feature_map(torch.cat([x, x2]))
-        student, teacher = channel_attention(fmaps[:3 * n]), channel_attention(teacher_maps)
-        loss = loss + attention_l1(student_map=student[:n], teacher_map=teacher[:n])
-        loss = loss + attention_l1(student_map=student[2 * n:], teacher_map=teacher[n:])
+        first, second = ATTENTION_MAPS[hyper.attention](model=model, teacher=ctx.teacher, fmaps=fmaps, logits=logits,
+                                                        n=n, x=x, x2=x2, y=y, t=t)
+        loss = loss + attention_l1(student_map=first[0], teacher_map=first[1])
+        loss = loss + attention_l1(student_map=second[0], teacher_map=second[1])
     if triplet:
         f1_adv, f1, f2_adv = feats[:n], feats[n:2 * n], feats[2 * n:3 * n]
         trip = angular_triplet(anchor=f1_adv, positive=f1, negative=f2_adv, margin=hyper.margin, reg=hyper.reg)

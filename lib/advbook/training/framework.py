@@ -48,10 +48,14 @@ class StepContext:
     run_state: dict = dataclasses.field(default_factory=dict)
 
 
-def kw_field(keyword: str, default: Any, *, init: bool = True):
+def kw_field(keyword: str, default: Any, *, init: bool = True, keyed_when_set: bool = False):
     """A configuration field whose keyword (flat name, see the module docstring) is ``keyword``;
-    ``init=False``: a fixed property of the method, in the key but not a setting."""
-    return dataclasses.field(default=default, init=init, metadata={"keyword": keyword})
+    ``init=False``: a fixed property of the method, in the key but not a setting.
+    ``keyed_when_set=True``: in the cache key only when it differs from ``default`` - for a setting
+    added to an objective after models were cached, whose default is what those models ran, so their
+    keys stay valid (AGKD's ``agk_attention``)."""
+    metadata = {"keyword": keyword} | ({"keyed_when_set": True} if keyed_when_set else {})
+    return dataclasses.field(default=default, init=init, metadata=metadata)
 
 
 def keywords(config: type) -> dict[str, str]:
@@ -60,8 +64,10 @@ def keywords(config: type) -> dict[str, str]:
 
 
 def hyper_keywords(hyper) -> dict[str, Any]:
-    """Every field of a configuration (fixed ones too) by its keyword: its part of the cache key."""
-    return {f.metadata["keyword"]: getattr(hyper, f.name) for f in dataclasses.fields(hyper)}
+    """Every field of a configuration (fixed ones too) by its keyword: its part of the cache key. A
+    ``keyed_when_set`` field at its default is left out (see :func:`kw_field`)."""
+    return {f.metadata["keyword"]: getattr(hyper, f.name) for f in dataclasses.fields(hyper)
+            if not (f.metadata.get("keyed_when_set") and getattr(hyper, f.name) == f.default)}
 
 
 @dataclasses.dataclass(frozen=True)
