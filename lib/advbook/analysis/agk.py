@@ -14,7 +14,7 @@ from advbook.analysis.representation import clean_and_adversarial, knn_accuracy,
 from advbook.analysis.stats import ratio_of_medians
 from advbook.training.train import TrainedModel
 
-__all__ = ["KNN_EVALUATIONS", "knn_table", "tsne_points", "time_ratios"]
+__all__ = ["KNN_EVALUATIONS", "knn_table", "knn_under_attacks", "tsne_points", "time_ratios"]
 
 KNN_EVALUATIONS = ("natural", "pgd:20")   # the names of evaluate_methods' flags for the same images
 
@@ -54,6 +54,18 @@ def knn_table(models: dict[str, TrainedModel], *, train_x: torch.Tensor, train_y
                 flags.append(pd.DataFrame({"seed": P["seed"], "index": index.cpu().numpy(), "method": name,
                                            "classifier": classifier, "evaluation": evaluation, "correct": correct}))
     return pd.DataFrame(rows), pd.concat(flags, ignore_index=True)
+
+
+def knn_under_attacks(models: dict[str, TrainedModel], *, train_x: torch.Tensor, train_y: torch.Tensor,
+                      x: torch.Tensor, y: torch.Tensor, P: dict, index: torch.Tensor | None = None,
+                      steps=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """AGK-F1's numbers: :func:`knn_table` of the adversarial examples alone (``clean=False``) for each
+    PGD length of ``steps`` (default ``P["tsne_steps"]``), rows and flags of all of them together. A
+    ``correct`` k-NN flag is an adversarial example whose nearest clean training features vote for
+    its true class: "pulled back to its class", the supplement's reading of its t-SNE maps."""
+    parts = [knn_table(models, train_x=train_x, train_y=train_y, x=x, y=y, P=P, index=index, steps=s, clean=False)
+             for s in (P["tsne_steps"] if steps is None else steps)]
+    return (pd.concat([r for r, _ in parts], ignore_index=True), pd.concat([f for _, f in parts], ignore_index=True))
 
 
 def tsne_points(models: dict[str, TrainedModel], *, x: torch.Tensor, y: torch.Tensor, P: dict,

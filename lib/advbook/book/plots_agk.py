@@ -16,6 +16,7 @@ import textwrap
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 
@@ -24,7 +25,7 @@ from advbook.book.plots import COLUMN_INCHES, MIN_FONT, _title
 from advbook.book.plots_rrm import _need, _wilson
 from advbook.book.report import new_figure
 
-__all__ = ["FIGURES", "LABELS", "EVALUATIONS", "ATTENTION_GROUPS", "method_label", "evaluation_label",
+__all__ = ["tsne_figures", "FIGURES", "LABELS", "EVALUATIONS", "ATTENTION_GROUPS", "method_label", "evaluation_label",
            "attack_table", "autoattack_widths", "attention_ablation", "time_ratios", "cat_comparison",
            "knn_vs_softmax", "tsne_panels"]
 
@@ -411,3 +412,13 @@ def tsne_panels(points: pd.DataFrame, *, class_names: list[str] | None = None, t
                frameon=False, handletextpad=0.2, columnspacing=0.9)
     _title(fig, title)
     return fig
+
+
+def tsne_figures(points: pd.DataFrame, *, class_names: list[str] | None = None,
+                 title: str = "") -> list[tuple[str, Figure]]:
+    """:func:`tsne_panels` for each attack of ``points`` in order, as (name, figure) pairs, the name
+    the attack's with ":" as "_" (``pgd_20``: a file name for ``report.write_artifact(figures=...)``)."""
+    _need(points, ("attack",))
+    return [(str(a).replace(":", "_"), tsne_panels(points[points["attack"] == a], class_names=class_names,
+                                                   title=f"{title} ({evaluation_label(a)})" if title else ""))
+            for a in _ordered(points["attack"])]

@@ -47,10 +47,12 @@ def new_figure(*, width: float = 10, height: float = 4):
 
 def write_artifact(run: Run, artifact_id: str, *, data: pd.DataFrame | dict, figure=None,
                    samples: pd.DataFrame | None = None,
-                   tables: dict[str, pd.DataFrame] | None = None) -> dict[str, Path]:
+                   tables: dict[str, pd.DataFrame] | None = None, figures: dict | None = None) -> dict[str, Path]:
     """Write an artifact's data, per-sample table, extra tables, figure and provenance.
 
-    ``tables`` holds further named tables (``<ID>.<name>.csv``). Returns the paths written.
+    ``tables`` holds further named tables (``<ID>.<name>.csv``), ``figures`` further named figures
+    (``<ID>.<name>.png``, path key ``image_<name>``: AGK-F1 has one per attack). Returns the paths
+    written.
     """
     _check_id(artifact_id)
     if figure is None and artifact_id.split("-")[1].startswith("F"):
@@ -70,10 +72,17 @@ def write_artifact(run: Run, artifact_id: str, *, data: pd.DataFrame | dict, fig
         paths[name] = out / f"{artifact_id}.{name}.csv"
         with cache.atomic_path(paths[name]) as tmp:
             table.to_csv(tmp, index=False)
+    for name in figures or {}:
+        if not re.fullmatch(r"[a-z0-9_]+", name):
+            raise ValueError(f"figure name {name!r} must be lower-case letters, digits and underscores")
     if figure is not None:
         paths["image"] = out / f"{artifact_id}.png"
         with cache.atomic_path(paths["image"]) as tmp:
             figure.savefig(tmp, format="png", dpi=150)
+    for name, fig in (figures or {}).items():
+        paths[f"image_{name}"] = out / f"{artifact_id}.{name}.png"
+        with cache.atomic_path(paths[f"image_{name}"]) as tmp:
+            fig.savefig(tmp, format="png", dpi=150)
     provenance = run.provenance()
     provenance["artifact"] = artifact_id
     provenance["files"] = _file_sums(paths)
@@ -145,11 +154,18 @@ def show_image(path: str | Path, *, alt: str | None = None):
     with Image.open(path) as im:
         width = im.size[0]
         dpi = float((im.info.get("dpi") or (96, 96))[0]) or 96.0
-    alt = alt if alt is not None else _default_alt(path.stem)
+    alt = alt if alt is not None else _default_alt(path.stem.split(".")[0])   # AGK-F1.pgd_100 -> AGK-F1
     # The alt text rides in the output's metadata: book/_ext/advbook_html.py puts it on the <img>;
     # a width makes Sphinx link the image to its full-size file (html_scaled_image_link).
     display({"image/png": base64.b64encode(raw).decode("ascii"), "text/plain": alt}, raw=True,
             metadata={"image/png": {"alt": alt, "width": round(width * 96 / dpi)}})
+
+
+def show_images(paths: dict[str, Path]) -> None:
+    """:func:`show_image` for every image :func:`write_artifact` wrote (``image``, then ``image_<name>``)."""
+    for kind, path in paths.items():
+        if kind == "image" or kind.startswith("image_"):
+            show_image(path)
 
 
 def _default_alt(artifact_id: str) -> str:

@@ -164,7 +164,8 @@ def attacks_for(P: dict, *, autoattack: bool = False, surrogates=()) -> dict[str
     steps of ``mim_step_size`` (else ``eval_step_size``), decay 1. ``autoattack``: AutoAttack's
     standard version (AGK-T2). ``surrogates``: names of surrogate models, one ``transfer:<name>``
     evaluation each (AGK-T5's black box): L-inf PGD of ``transfer_steps`` steps (else 20, Table 1's
-    longest PGD) crafted on that model."""
+    longest PGD) crafted on that model. With ``aa_version = "custom"`` in ``P``, AutoAttack runs only
+    ``aa_parts``, with the standard version's settings (a reduced budget the evaluation labels)."""
     eps, step = P["eval_eps"], P["eval_step_size"]
     out = {}
     for name, (kind, steps) in T1_EVALUATIONS.items():
@@ -176,8 +177,10 @@ def attacks_for(P: dict, *, autoattack: bool = False, surrogates=()) -> dict[str
             out[name] = {"eps": eps, "step_size": P.get("mim_step_size", step), "steps": steps}
         else:  # pgd and cw: random start
             out[name] = {"eps": eps, "step_size": step, "steps": steps, "seed": P["seed"]}
-    if autoattack:
+    if autoattack:  # the page's version (aa_version, aa_parts) where it has one, else the standard version
         out["autoattack"] = {"eps": eps, "seed": P["seed"]}
+        if P.get("aa_version", "standard") != "standard":
+            out["autoattack"] |= {"version": P["aa_version"], "parts": list(P["aa_parts"])}
     for s in surrogates:
         out[f"transfer:{s}"] = {"surrogate": s, "eps": eps, "step_size": step, "steps": P.get("transfer_steps", 20),
                                 "seed": P["seed"]}
@@ -186,16 +189,23 @@ def attacks_for(P: dict, *, autoattack: bool = False, surrogates=()) -> dict[str
 
 def evaluate_methods(models: dict[str, TrainedModel], *, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor,
                      P: dict, surrogates: dict[str, torch.nn.Module] | None = None,
-                     autoattack: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+                     autoattack: bool = False, only=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every model on the same test images ``x`` (labels ``y``, positions ``index`` in the test split)
     under ``natural`` and :func:`attacks_for`'s evaluations (``surrogates``: name -> model, each adding
     a transfer evaluation). Returns the accuracy rows (method, evaluation, accuracy in %, seed, n,
     seconds, ran: what ran, by :func:`~advbook.evaluation.evaluate.display_name`) and the per-image
     flags (seed, index, method, evaluation, robust); each row's accuracy is 100 x the mean of its
-    flags. The settings are checked (by ``evaluate``) before the first model is attacked."""
+    flags. ``only``: the names of :data:`T1_EVALUATIONS` to run (default all of them; AutoAttack and
+    the transfers are added as asked). The settings are checked (by ``evaluate``), and ``only``,
+    before the first model is attacked."""
     if len(index) != len(x):
         raise ValueError(f"index must give the test position of each of the {len(x)} images, got {len(index)}")
+    unknown = [e for e in (only or ()) if e not in T1_EVALUATIONS]
+    if unknown:
+        raise ValueError(f"unknown evaluation {unknown[0]!r} in only; valid: {', '.join(T1_EVALUATIONS)}")
     attacks = attacks_for(P, autoattack=autoattack, surrogates=tuple(surrogates or {}))
+    if only is not None:
+        attacks = {k: v for k, v in attacks.items() if k in only or k not in T1_EVALUATIONS}
     rows, flags = [], []
     for name, m in models.items():
         res = evaluate(m.model, x, y, attacks=attacks, batch_size=P.get("eval_batch_size", 500), surrogates=surrogates)

@@ -27,18 +27,40 @@ import math
 import pandas as pd
 import torch
 
-from advbook.data.cifar import Dataset
+from advbook.data.cifar import Dataset, balanced_subset, to_float
 from advbook.evaluation import agk
 from advbook.evaluation.evaluate import evaluate
 from advbook.evaluation.rrm import test_images   # the book's class-balanced test images (re-exported)
 from advbook.training import timing
 from advbook.training.train import TrainConfig, TrainedModel, train_model
 
-__all__ = ["TABLE4_STEPS", "SURROGATE_ROLES", "test_images", "time_methods", "time_table", "time_beside_rows",
-           "width_study", "train_surrogates"]
+__all__ = ["TABLE4_STEPS", "SURROGATE_ROLES", "test_images", "training_images", "tsne_images", "columns_of", "time_methods", "time_table",
+           "time_beside_rows", "paper_ratios", "width_study", "train_surrogates"]
 
 TABLE4_STEPS = {"bilateral": 1, "feature_scatter": 1, "at": 7, "sml": 7, "agkd_bml": 2}   # Table 4's "# of steps"
 SURROGATE_ROLES = ("vgg", "wrn")   # AGK-T5's two source models, in the order of P["surrogates"]
+
+
+def training_images(P: dict, dataset: Dataset, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chapter's training images (:func:`~advbook.evaluation.agk.train_index`) in [0, 1] and their
+    labels, on ``device``: the k-NN's neighbours in AGK-T6 and AGK-F1."""
+    index = agk.train_index(P, dataset)
+    return to_float(dataset.train.images[index]).to(device), dataset.train.labels[index].to(device)
+
+
+def tsne_images(P: dict, dataset: Dataset, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """AGK-F1's test images: ``tsne_per_class`` of every class (seeded by ``seed``), as (index, x, y)."""
+    index = balanced_subset(dataset.test.labels, n_per_class=P["tsne_per_class"], seed=P["seed"])
+    return index, to_float(dataset.test.images[index]).to(device), dataset.test.labels[index].to(device)
+
+
+def columns_of(results: pd.DataFrame, evaluations) -> pd.DataFrame:
+    """The rows of ``results`` for ``evaluations`` only (a page shows a few columns beside the paper's);
+    an evaluation the results lack is refused, naming those they have."""
+    missing = [e for e in evaluations if e not in set(results["evaluation"])]
+    if missing:
+        raise ValueError(f"no results for {', '.join(missing)}; evaluated: {', '.join(results['evaluation'].unique())}")
+    return results[results["evaluation"].isin(list(evaluations))]
 
 
 def _timed_config(name: str, P: dict, *, table4_steps: bool) -> TrainConfig:
@@ -85,6 +107,13 @@ def time_beside_rows(table: pd.DataFrame) -> pd.DataFrame:
     also has: steps, seconds_per_epoch, ratio_to_at (report.cells_beside puts the paper's beside them)."""
     return table.melt(id_vars=["method"], value_vars=["steps", "seconds_per_epoch", "ratio_to_at"],
                       var_name="quantity", value_name="value")
+
+
+def paper_ratios(paper: pd.DataFrame) -> pd.DataFrame:
+    """The supplement's Table 4 (``report.paper_table("AGK-T4")``: method, quantity, value) as (method,
+    ratio): seconds per epoch over AT's."""
+    part = paper[paper["quantity"] == "ratio_to_at"]
+    return pd.DataFrame({"method": part["method"].to_numpy(), "ratio": part["value"].astype(float).to_numpy()})
 
 
 def width_study(P: dict, *, dataset: Dataset, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, device,
