@@ -73,8 +73,8 @@ def tsne_rows(attack="pgd:20", methods=("um", "sml", "bml", "agkd_bml"), attacke
 def test_labels_are_the_supplements_names_and_unknown_names_pass_through():
     assert [plots_agk.method_label(m) for m in ("feature_scatter", "agkd_bml", "agkd_cam_avg", "new")] == \
         ["FS", "AGKD-BML", "CAM-avg", "new"]
-    assert [plots_agk.evaluation_label(e) for e in ("natural", "bim:10", "mim:40", "transfer:wrn_34_10", "pgd:7")] == \
-        ["clean", "BIM(10)", "MIM(40)", "transfer from wrn_34_10", "pgd:7"]
+    assert [plots_agk.evaluation_label(e) for e in ("natural", "bim:10", "mim:40", "transfer:wrn_34_10", "pgd:7", "nope:7")] == \
+        ["clean", "BIM(10)", "MIM(40)", "transfer from wrn_34_10", "PGD(7)", "nope:7"]
 
 
 def test_every_figure_has_its_alt_text():
@@ -242,3 +242,8 @@ def test_tsne_panels_share_the_clean_points_marked_minus_one_across_rows():
     axes = fig.axes[:2]
     assert [len(ax.collections[0].get_offsets()) for ax in axes] == [30, 30]     # every clean point in each row
     assert [len(ax.collections[1].get_offsets()) for ax in axes] == [2, 2]       # that row's adversarial points
+
+
+def test_an_attack_with_other_steps_is_named_as_the_table_names_its_columns():
+    assert plots_agk.evaluation_label("pgd:100") == "PGD(100)" and plots_agk.evaluation_label("mim:7") == "MIM(7)"
+    assert plots_agk.evaluation_label("pgd:x") == "pgd:x" and plots_agk.evaluation_label("pgd:20") == "PGD(20)"

@@ -73,9 +73,13 @@ def method_label(name: str) -> str:
 
 
 def evaluation_label(name: str) -> str:
-    """The supplement's name of an evaluation: "transfer:<name>" reads "transfer from <name>"."""
+    """The supplement's name of an evaluation: "transfer:<name>" reads "transfer from <name>", and an
+    attack with steps the table does not list, "pgd:100", reads as the others do, "PGD(100)"."""
     if name.startswith("transfer:"):
         return f"transfer from {name.split(':', 1)[1]}"
+    kind, _, steps = name.partition(":")
+    if name not in EVALUATIONS and steps.isdigit() and kind in ("fgsm", "bim", "pgd", "cw", "mim"):
+        return f"{kind.upper()}({steps})"
     return EVALUATIONS.get(name, name)
 
 
@@ -420,5 +424,5 @@ def tsne_figures(points: pd.DataFrame, *, class_names: list[str] | None = None,
     the attack's with ":" as "_" (``pgd_20``: a file name for ``report.write_artifact(figures=...)``)."""
     _need(points, ("attack",))
     return [(str(a).replace(":", "_"), tsne_panels(points[points["attack"] == a], class_names=class_names,
-                                                   title=f"{title} ({evaluation_label(a)})" if title else ""))
+                                                   title=f"{title}: {evaluation_label(a)}" if title else ""))
             for a in _ordered(points["attack"])]
