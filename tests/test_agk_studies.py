@@ -122,3 +122,39 @@ def test_time_ratios_are_the_medians_ratio_with_a_paired_interval():
     assert long.set_index(["method", "quantity"])["value"]["sml", "ratio_to_at"] == pytest.approx(1.5)
     with pytest.raises(ValueError, match=r"^the reference 'at' was not timed; timed: sml$"):
         agk_analysis.time_ratios(rows[rows.method == "sml"])
+
+
+def test_columns_of_keeps_the_asked_evaluations_and_names_a_missing_one():
+    import pandas as pd
+    rows = pd.DataFrame({"method": ["a"] * 3, "evaluation": ["natural", "pgd:20", "fgsm"], "accuracy": [1, 2, 3]})
+    assert agk_studies.columns_of(rows, ["natural", "fgsm"])["accuracy"].tolist() == [1, 3]
+    with pytest.raises(ValueError, match=r"^no results for cw:20; evaluated: natural, pgd:20, fgsm$"):
+        agk_studies.columns_of(rows, ["cw:20"])
+
+
+def test_the_paper_s_ratios_are_table_4_s_seconds_over_at_s():
+    from advbook.book import report
+    paper = report.paper_table("AGK-T4")
+    ratios = agk_studies.paper_ratios(paper).set_index("method")["ratio"]
+    seconds = paper[paper.quantity == "seconds_per_epoch"].set_index("method")["value"].astype(float)
+    assert ratios.to_dict() == pytest.approx((seconds / seconds["at"]).to_dict(), abs=0.005)
+
+
+def test_pulled_back_reads_the_saved_features_with_the_k_nn_and_the_model_s_own_head(tiny_model, images):
+    index, x, y = images
+    models = {"um": as_trained(tiny_model)}
+    _, feats = agk_analysis.tsne_points(models, x=x, y=y, P=TSNE, index=index)
+    # the clean features relabelled as an "attack": the head must give the model's own clean predictions,
+    # and a 1-NN over the same images must find each image itself
+    copy = feats[feats.kind == "clean"].assign(kind="copy")
+    rows, flags = agk_analysis.pulled_back(models, copy, train_x=x, train_y=y, P=TSNE | {"knn_k": 1})
+    assert rows[["classifier", "evaluation", "n"]].values.tolist() == [["knn", "copy", 32], ["softmax", "copy", 32]]
+    soft = flags[flags.classifier == "softmax"].set_index("index")["correct"]
+    assert (soft.loc[index.numpy()].to_numpy() == (tiny_model(x).argmax(1) == y).numpy()).all()
+    assert flags[flags.classifier == "knn"]["correct"].all()
+    # the real attacks: one row per (attack, classifier), on the attacked classes' images only
+    rows, flags = agk_analysis.pulled_back(models, feats, train_x=x, train_y=y, P=TSNE | {"knn_k": 3})
+    attacked = int(torch.isin(y, torch.tensor([0, 2])).sum())
+    assert set(rows["evaluation"]) == {"pgd:2", "pgd:5"} and (rows["n"] == attacked).all()
+    assert (flags.groupby(["classifier", "evaluation"])["correct"].mean() * 100).round(6).tolist() == \
+        rows.set_index(["classifier", "evaluation"]).sort_index()["accuracy"].round(6).tolist()

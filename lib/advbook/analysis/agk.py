@@ -14,7 +14,7 @@ from advbook.analysis.representation import clean_and_adversarial, knn_accuracy,
 from advbook.analysis.stats import ratio_of_medians
 from advbook.training.train import TrainedModel
 
-__all__ = ["KNN_EVALUATIONS", "knn_table", "knn_under_attacks", "tsne_points", "time_ratios"]
+__all__ = ["KNN_EVALUATIONS", "knn_table", "pulled_back", "tsne_points", "time_ratios"]
 
 KNN_EVALUATIONS = ("natural", "pgd:20")   # the names of evaluate_methods' flags for the same images
 
@@ -56,16 +56,35 @@ def knn_table(models: dict[str, TrainedModel], *, train_x: torch.Tensor, train_y
     return pd.DataFrame(rows), pd.concat(flags, ignore_index=True)
 
 
-def knn_under_attacks(models: dict[str, TrainedModel], *, train_x: torch.Tensor, train_y: torch.Tensor,
-                      x: torch.Tensor, y: torch.Tensor, P: dict, index: torch.Tensor | None = None,
-                      steps=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """AGK-F1's numbers: :func:`knn_table` of the adversarial examples alone (``clean=False``) for each
-    PGD length of ``steps`` (default ``P["tsne_steps"]``), rows and flags of all of them together. A
-    ``correct`` k-NN flag is an adversarial example whose nearest clean training features vote for
-    its true class: "pulled back to its class", the supplement's reading of its t-SNE maps."""
-    parts = [knn_table(models, train_x=train_x, train_y=train_y, x=x, y=y, P=P, index=index, steps=s, clean=False)
-             for s in (P["tsne_steps"] if steps is None else steps)]
-    return (pd.concat([r for r, _ in parts], ignore_index=True), pd.concat([f for _, f in parts], ignore_index=True))
+def pulled_back(models: dict[str, TrainedModel], features: pd.DataFrame, *, train_x: torch.Tensor,
+                train_y: torch.Tensor, P: dict, seed: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """AGK-F1's numbers, on the adversarial examples the maps draw: for each model and attack of
+    :func:`tsne_points`' ``features`` table, whether the k-NN (``knn_k``, ``knn_metric``, the
+    neighbours being the model's features of the clean training images ``train_x``) puts each
+    adversarial example in its true class - "pulled back to its class", the supplement's reading of
+    its maps - and whether the model's own head does (``classifier`` "softmax": the head applied to
+    the saved features). Returns the accuracy rows (method, classifier, evaluation, accuracy in %,
+    seed, n) and the per-image flags (seed, index, method, classifier, evaluation, correct)."""
+    k, metric = P.get("knn_k", 50), P.get("knn_metric", "cosine")
+    seed = P["seed"] if seed is None else seed
+    adversarial = features[features["kind"] != "clean"]
+    columns = [c for c in features.columns if c.startswith("f") and c[1:].isdigit()]
+    rows, flags = [], []
+    for (name, attack), part in adversarial.groupby(["method", "kind"], sort=False):
+        model = models[name].model
+        bank = penultimate(model, train_x, batch_size=P.get("eval_batch_size", 500))
+        f = torch.tensor(part[columns].to_numpy(), dtype=bank.dtype, device=bank.device)
+        labels = torch.tensor(part["label"].to_numpy())
+        with torch.no_grad():
+            softmax = model.head(f).argmax(1).cpu() == labels
+        for classifier, correct in (("knn", knn_accuracy(bank, train_y, f, labels.to(f.device), k=k, metric=metric)),
+                                    ("softmax", softmax)):
+            correct = correct.cpu().numpy()
+            rows.append({"method": name, "classifier": classifier, "evaluation": attack,
+                         "accuracy": 100 * correct.mean(), "seed": seed, "n": len(correct)})
+            flags.append(pd.DataFrame({"seed": seed, "index": part["index"].to_numpy(), "method": name,
+                                       "classifier": classifier, "evaluation": attack, "correct": correct}))
+    return pd.DataFrame(rows), pd.concat(flags, ignore_index=True)
 
 
 def tsne_points(models: dict[str, TrainedModel], *, x: torch.Tensor, y: torch.Tensor, P: dict,
