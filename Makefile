@@ -65,6 +65,7 @@ bench: env
 	$(PY) scripts/bench_evaluate.py
 	$(PY) scripts/bench_lec_whitebox.py
 	$(PY) scripts/bench_lec_blackbox.py
+	$(PY) scripts/bench_train.py --write $(BENCH_TRAIN_ARGS)
 
 clean:
 	rm -rf _build book/executed artifacts
