@@ -319,7 +319,7 @@ def test_the_figures_draw_and_say_what_they_show(smooth_net):
     assert {"LEC-F9", "LEC-F10"} <= set(plots.FIGURES)
 
 
-@pytest.mark.parametrize("profile", experiment.PROFILES)
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])   # gpu: HOL pages only so far
 def test_the_profiles_settings_are_valid_for_the_attacks(profile):
     params = experiment.resolve("lec_beyond", profile=profile)
     settings = lec_beyond.settings(params)

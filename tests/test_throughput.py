@@ -88,3 +88,30 @@ def test_the_training_benchmark_runs_at_a_tiny_size(tmp_path):
     assert rows["pgd10_at"]["flops_per_image"] > 10 * rows["standard"]["flops_per_image"] / 2
     assert all(r["images_per_second"] > 0 and r["fraction_of_peak"] > 0 for r in saved["rows"])
     assert saved["device"].startswith("cpu") and saved["peak_flops"] > 0
+
+
+def test_the_device_path_of_minibatch_serves_the_right_split_augmented_and_seeded():
+    from advbook import data
+    from advbook.training import train
+
+    a = data.synthetic(n_train=40, n_test=10, num_classes=4, size=8, seed=0)
+    b = data.synthetic(n_train=40, n_test=10, num_classes=4, size=8, seed=1)
+    cfg = train.TrainConfig(batch_size=8)
+    idx = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    run = lambda split, seed: train.minibatch(split, idx, cfg=cfg, generator=torch.Generator().manual_seed(seed),  # noqa: E731
+                                              device="cpu", on_device=True)
+    x, y = run(a.train, 0)
+    assert x.shape == (8, 3, 8, 8) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert torch.equal(y, a.train.labels[idx]) and x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x, run(a.train, 0)[0]) and not torch.equal(x, run(a.train, 1)[0])
+    # each image is a crop (possibly flipped) of its own source image: its pixels come from it
+    src = F.pad(a.train.images[idx], (4, 4, 4, 4)).float() / 255
+    assert all(torch.isin(x[i], src[i]).all() for i in range(8))
+    # another split is served its own images, never the first one's resident copy
+    xb, yb = run(b.train, 0)
+    assert torch.equal(yb, b.train.labels[idx]) and not torch.equal(xb, x)
+    # without augmentation the device path returns exactly the host path's images
+    plain = train.TrainConfig(batch_size=8, augment=False)
+    host = train.minibatch(a.train, idx, cfg=plain, generator=torch.Generator(), device="cpu")
+    dev = train.minibatch(a.train, idx, cfg=plain, generator=torch.Generator(), device="cpu", on_device=True)
+    assert torch.equal(host[0], dev[0]) and torch.equal(host[1], dev[1])

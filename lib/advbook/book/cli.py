@@ -25,7 +25,7 @@ import time
 import traceback
 from pathlib import Path
 
-from advbook.book.schemas import PROFILES, SCHEMAS, ParameterError, load_profiles
+from advbook.book.schemas import PROFILES, SCHEMAS, ParameterError, has_profile, load_profiles
 from advbook.core.paths import repo_root
 
 __all__ = ["main", "execute", "run_notebook", "tag_parameter_cells", "NotebookFailed"]
@@ -273,6 +273,11 @@ def _cmd_run(args) -> int:
         raise ParameterError(f"unknown experiment {args.experiment!r}; valid: all, {', '.join(SCHEMAS)}")
     if args.set and args.experiment == "all":
         raise ParameterError("--set applies to one experiment; name it instead of 'all'")
+    if args.experiment == "all":  # a profile written for some pages only (gpu) runs those
+        skipped = [n for n in names if not has_profile(n, args.profile)]
+        names = [n for n in names if n not in skipped]
+        if skipped:
+            print(f"advbook: no {args.profile} profile yet for {', '.join(skipped)}: not run")
     plans = [(name, _overrides(args.set or [], name)) for name in names]
     from advbook.book.experiment import preflight
 

@@ -38,7 +38,11 @@ def resolve(experiment: str, *, profile: str, overrides: dict | None = None) -> 
     if unknown:
         raise ParameterError(f"unknown parameter(s) {', '.join(unknown)} for {experiment}; "
                              f"valid: {', '.join(sorted(schema))}")
-    values = {**load_profiles()[experiment][profile], **overrides}
+    page = load_profiles()[experiment]
+    if not isinstance(page.get(profile), dict):
+        have = [p for p in PROFILES if isinstance(page.get(p), dict)]
+        raise ParameterError(f"{experiment} has no {profile} profile yet; valid for it: {', '.join(have)}")
+    values = {**page[profile], **overrides}
     missing = sorted(set(schema) - set(values))
     if missing:
         raise ParameterError(f"profile {profile} of {experiment} lacks {', '.join(missing)}")

@@ -23,15 +23,31 @@ from advbook.book.param import ATTACK as _ATTACK, COMMON as _COMMON, TRAIN as _T
 __all__ = ["Param", "SCHEMAS", "PROFILES", "load_profiles", "parse_value", "ParameterError", "Rule", "RULES",
            "cross_check", "DATASET_SIZES"]
 
-PROFILES = ("smoke", "cpu", "paper")
+PROFILES = ("smoke", "cpu", "paper", "gpu")   # gpu: so far for the HOL pages only (has_profile)
 
 
 def load_profiles() -> dict:
     """Every experiment's notebook, title and values per profile (``profiles.toml`` and the chapters'
-    ``profiles.d/*.toml``)."""
+    ``profiles.d/*.toml``). A profile's table may start from another profile of the same page
+    (``from = "paper"``) and list only what it changes: it is returned expanded."""
     from advbook.book import tomls
 
-    return tomls.load("profiles")
+    table = tomls.load("profiles")
+    for name, page in table.items():
+        for profile, values in list(page.items()):
+            if isinstance(values, dict) and "from" in values:
+                base = values["from"]
+                if base not in page or not isinstance(page[base], dict) or "from" in page[base]:
+                    raise ValueError(f"profile {profile} of {name} starts from {base!r}, which is not a "
+                                     f"profile of {name} written out in full")
+                page[profile] = {**page[base], **{k: v for k, v in values.items() if k != "from"}}
+    return table
+
+
+def has_profile(experiment: str, profile: str) -> bool:
+    """Whether ``experiment`` has values for ``profile`` (every page has smoke, cpu and paper; the
+    gpu profile exists for the pages it has been written for)."""
+    return isinstance(load_profiles().get(experiment, {}).get(profile), dict)
 
 
 SCHEMAS: dict[str, dict[str, Param]] = {

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +34,7 @@ from advbook.models.predict import predict
 from advbook.models.zoo import Classifier, build_model
 from advbook.training.framework import StepContext, hyper_keywords, keywords
 from advbook.training.registry import OBJECTIVES, base_hyper
+from advbook.training.throughput import augment_on_device
 
 __all__ = ["TrainConfig", "SCHEDULE", "lr_per_epoch", "TrainedModel", "train_model", "trained_for", "augment", "predict", "model_key",
            "OBJECTIVES", "replays_of", "build_student", "minibatch", "train_step"]
@@ -226,14 +228,45 @@ def _load_teacher_state(net: Classifier, *, teacher: "TrainedModel", objective: 
     net.load_state_dict(state)  # copies into net's own tensors, whatever device the teacher is on
 
 
+_RESIDENT: dict = {}   # device -> (weak reference to a split's host images, its images and labels on the device)
+
+
+def resident(split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``split``'s uint8 images and labels held on ``device``, copied once: the GPU path of
+    :func:`minibatch`, so that no image crosses from the host per step. One split per device is
+    kept; the copy is served only while it is of the very tensor ``split.images`` (a weak
+    reference, not an id that a new tensor could reuse), else it is made again."""
+    key = str(device)
+    held = _RESIDENT.get(key)
+    if held is None or held[0]() is not split.images:
+        _RESIDENT[key] = (weakref.ref(split.images), split.images.to(device), split.labels.to(device))
+    return _RESIDENT[key][1], _RESIDENT[key][2]
+
+
 def minibatch(split, idx: torch.Tensor, *, cfg: TrainConfig, generator: torch.Generator,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+              device: torch.device, on_device: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The images (floats in [0, 1], augmented with ``generator`` when ``cfg.augment``, channels-last
-    on ``device``) and labels of ``split`` at ``idx``."""
-    xb = to_float(split.images[idx])
+    on ``device``) and labels of ``split`` at ``idx``.
+
+    ``on_device`` (default: on a CUDA device) takes them from :func:`resident` and augments them
+    there (:func:`advbook.training.throughput.augment_on_device`, with a device generator seeded by
+    one draw from ``generator``): the same kind of crop and flip, other random numbers than the
+    host path, which stays the default on the CPU (its results are the ones the tests pin)."""
+    device = torch.device(device)
+    if on_device is None:
+        on_device = device.type == "cuda"
+    if not on_device:
+        xb = to_float(split.images[idx])
+        if cfg.augment:
+            xb = augment(xb, generator=generator)
+        return xb.to(device).contiguous(memory_format=torch.channels_last), split.labels[idx].to(device)
+    images, labels = resident(split, device)
+    at = idx.to(device, non_blocking=True)
+    xb = images[at]
     if cfg.augment:
-        xb = augment(xb, generator=generator)
-    return xb.to(device).contiguous(memory_format=torch.channels_last), split.labels[idx].to(device)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        xb = augment_on_device(xb, generator=torch.Generator(device=device).manual_seed(seed))
+    return to_float(xb).contiguous(memory_format=torch.channels_last), labels[at]
 
 
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, *, cfg: TrainConfig, x: torch.Tensor,
