@@ -158,3 +158,10 @@ def test_pulled_back_reads_the_saved_features_with_the_k_nn_and_the_model_s_own_
     assert set(rows["evaluation"]) == {"pgd:2", "pgd:5"} and (rows["n"] == attacked).all()
     assert (flags.groupby(["classifier", "evaluation"])["correct"].mean() * 100).round(6).tolist() == \
         rows.set_index(["classifier", "evaluation"]).sort_index()["accuracy"].round(6).tolist()
+
+
+def test_pick_keeps_the_asked_order_and_names_a_model_not_trained():
+    models = {"um": "U", "at": "A", "sml": "S"}
+    assert list(agk.pick(models, ["sml", "um"]).items()) == [("sml", "S"), ("um", "U")]
+    with pytest.raises(ValueError, match=r"^no model for bml; trained: um, at, sml$"):
+        agk.pick(models, ["at", "bml"])

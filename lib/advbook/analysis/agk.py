@@ -19,6 +19,15 @@ __all__ = ["KNN_EVALUATIONS", "knn_table", "pulled_back", "tsne_points", "time_r
 KNN_EVALUATIONS = ("natural", "pgd:20")   # the names of evaluate_methods' flags for the same images
 
 
+def _record(rows: list, flags: list, *, method: str, classifier: str, evaluation: str, correct, index, seed: int):
+    """One accuracy row and its per-image flags (the accuracy is 100 x the flags' mean)."""
+    correct = correct.cpu().numpy()
+    rows.append({"method": method, "classifier": classifier, "evaluation": evaluation,
+                 "accuracy": 100 * correct.mean(), "seed": seed, "n": len(correct)})
+    flags.append(pd.DataFrame({"seed": seed, "index": index, "method": method, "classifier": classifier,
+                               "evaluation": evaluation, "correct": correct}))
+
+
 def knn_table(models: dict[str, TrainedModel], *, train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor,
               y: torch.Tensor, P: dict, index: torch.Tensor | None = None, steps: int = 20,
               clean: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -48,11 +57,8 @@ def knn_table(models: dict[str, TrainedModel], *, train_x: torch.Tensor, train_y
         for evaluation, feats, pred in views + [(f"pgd:{steps}", f.adversarial, f.adversarial_pred)]:
             for classifier, correct in (("knn", knn_accuracy(bank, train_y, feats, y, k=k, metric=metric)),
                                         ("softmax", pred == yd)):
-                correct = correct.cpu().numpy()
-                rows.append({"method": name, "classifier": classifier, "evaluation": evaluation,
-                             "accuracy": 100 * correct.mean(), "seed": P["seed"], "n": len(correct)})
-                flags.append(pd.DataFrame({"seed": P["seed"], "index": index.cpu().numpy(), "method": name,
-                                           "classifier": classifier, "evaluation": evaluation, "correct": correct}))
+                _record(rows, flags, method=name, classifier=classifier, evaluation=evaluation, correct=correct,
+                        index=index.cpu().numpy(), seed=P["seed"])
     return pd.DataFrame(rows), pd.concat(flags, ignore_index=True)
 
 
@@ -79,11 +85,8 @@ def pulled_back(models: dict[str, TrainedModel], features: pd.DataFrame, *, trai
             softmax = model.head(f).argmax(1).cpu() == labels
         for classifier, correct in (("knn", knn_accuracy(bank, train_y, f, labels.to(f.device), k=k, metric=metric)),
                                     ("softmax", softmax)):
-            correct = correct.cpu().numpy()
-            rows.append({"method": name, "classifier": classifier, "evaluation": attack,
-                         "accuracy": 100 * correct.mean(), "seed": seed, "n": len(correct)})
-            flags.append(pd.DataFrame({"seed": seed, "index": part["index"].to_numpy(), "method": name,
-                                       "classifier": classifier, "evaluation": attack, "correct": correct}))
+            _record(rows, flags, method=name, classifier=classifier, evaluation=attack, correct=correct,
+                    index=part["index"].to_numpy(), seed=seed)
     return pd.DataFrame(rows), pd.concat(flags, ignore_index=True)
 
 

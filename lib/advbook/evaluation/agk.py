@@ -67,7 +67,7 @@ from advbook.data.cifar import Dataset, balanced_subset
 from advbook.evaluation.evaluate import evaluate
 from advbook.training.train import SCHEDULE, TrainConfig, TrainedModel, train_model
 
-__all__ = ["METHODS", "NEEDS_TEACHER", "SHARED_SCHEDULE", "SHARED_ATTACK", "ONE_STEP", "T1_EVALUATIONS",
+__all__ = ["pick", "METHODS", "NEEDS_TEACHER", "SHARED_SCHEDULE", "SHARED_ATTACK", "ONE_STEP", "T1_EVALUATIONS",
            "method_config", "teacher_config", "train_index", "train_teacher", "train_methods",
            "attacks_for", "evaluate_methods"]
 
@@ -141,7 +141,7 @@ def train_teacher(P: dict, *, dataset: Dataset, device) -> TrainedModel:
 def train_methods(names, *, P: dict, dataset: Dataset, teacher: TrainedModel | None, device,
                   on_model: Callable[[TrainedModel], None] | None = None) -> dict[str, TrainedModel]:
     """Train (or load) each method of ``names`` on the chapter's images, in order; ``on_model`` is
-    called with each model as it is ready. Unknown names, and a method of :data:`NEEDS_TEACHER`
+    called with each model as it is ready; a name given twice is trained once. Unknown names, and a method of :data:`NEEDS_TEACHER`
     without ``teacher``, are refused before any training."""
     configs = {n: method_config(n, P) for n in names}  # every name and config checked before training
     needing = [n for n in configs if n in NEEDS_TEACHER]
@@ -155,6 +155,15 @@ def train_methods(names, *, P: dict, dataset: Dataset, teacher: TrainedModel | N
         if on_model is not None:
             on_model(out[name])
     return out
+
+
+def pick(models: dict[str, TrainedModel], names) -> dict[str, TrainedModel]:
+    """The models of ``names``, in that order (a page's table uses some of the models it trained);
+    a name that was not trained is refused, naming those that were."""
+    missing = [n for n in names if n not in models]
+    if missing:
+        raise ValueError(f"no model for {', '.join(missing)}; trained: {', '.join(models)}")
+    return {n: models[n] for n in names}
 
 
 def attacks_for(P: dict, *, autoattack: bool = False, surrogates=()) -> dict[str, dict]:
@@ -191,8 +200,8 @@ def evaluate_methods(models: dict[str, TrainedModel], *, x: torch.Tensor, y: tor
                      P: dict, surrogates: dict[str, torch.nn.Module] | None = None,
                      autoattack: bool = False, only=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every model on the same test images ``x`` (labels ``y``, positions ``index`` in the test split)
-    under ``natural`` and :func:`attacks_for`'s evaluations (``surrogates``: name -> model, each adding
-    a transfer evaluation). Returns the accuracy rows (method, evaluation, accuracy in %, seed, n,
+    under ``natural`` and :func:`attacks_for`'s evaluations (``surrogates``: name -> model or
+    TrainedModel, each adding a transfer evaluation). Returns the accuracy rows (method, evaluation, accuracy in %, seed, n,
     seconds, ran: what ran, by :func:`~advbook.evaluation.evaluate.display_name`) and the per-image
     flags (seed, index, method, evaluation, robust); each row's accuracy is 100 x the mean of its
     flags. ``only``: the names of :data:`T1_EVALUATIONS` to run (default all of them; AutoAttack and
@@ -203,7 +212,8 @@ def evaluate_methods(models: dict[str, TrainedModel], *, x: torch.Tensor, y: tor
     unknown = [e for e in (only or ()) if e not in T1_EVALUATIONS]
     if unknown:
         raise ValueError(f"unknown evaluation {unknown[0]!r} in only; valid: {', '.join(T1_EVALUATIONS)}")
-    attacks = attacks_for(P, autoattack=autoattack, surrogates=tuple(surrogates or {}))
+    surrogates = {k: getattr(m, "model", m) for k, m in (surrogates or {}).items()}   # TrainedModel or module
+    attacks = attacks_for(P, autoattack=autoattack, surrogates=tuple(surrogates))
     if only is not None:
         attacks = {k: v for k, v in attacks.items() if k in only or k not in T1_EVALUATIONS}
     rows, flags = [], []

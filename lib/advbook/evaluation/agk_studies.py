@@ -27,7 +27,7 @@ import math
 import pandas as pd
 import torch
 
-from advbook.data.cifar import Dataset, balanced_subset, to_float
+from advbook.data.cifar import Dataset, to_float
 from advbook.evaluation import agk
 from advbook.evaluation.evaluate import evaluate
 from advbook.evaluation.rrm import test_images   # the book's class-balanced test images (re-exported)
@@ -49,9 +49,9 @@ def training_images(P: dict, dataset: Dataset, device) -> tuple[torch.Tensor, to
 
 
 def tsne_images(P: dict, dataset: Dataset, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """AGK-F1's test images: ``tsne_per_class`` of every class (seeded by ``seed``), as (index, x, y)."""
-    index = balanced_subset(dataset.test.labels, n_per_class=P["tsne_per_class"], seed=P["seed"])
-    return index, to_float(dataset.test.images[index]).to(device), dataset.test.labels[index].to(device)
+    """AGK-F1's test images: ``tsne_per_class`` of every class (seeded by ``seed``), as (index, x, y):
+    :func:`test_images` with that many."""
+    return test_images(P | {"n_eval": P["tsne_per_class"] * len(dataset.classes)}, dataset, device)
 
 
 def columns_of(results: pd.DataFrame, evaluations) -> pd.DataFrame:
