@@ -81,6 +81,16 @@ def test_cells_beside_with_one_seed_shows_the_rounded_value():
     assert no_seed.loc[(100, "trust"), ("ours", 8.0)] == 40.0
 
 
+def test_cells_beside_keeps_only_the_asked_cells_of_both_tables():
+    ours = _students([[100, "trust", 8.0, 40.04, 0], [150, "closest", 30.0, 12.36, 0]])
+    full = report.cells_beside(ours, "HOL-T3", keys=["budget", "criterion", "tau"], value="accuracy",
+                               index=["budget", "criterion"], columns="tau")
+    kept = report.cells_beside(ours, "HOL-T3", keys=["budget", "criterion", "tau"], value="accuracy",
+                               index=["budget", "criterion"], columns="tau", keep={"tau": [8.0]})
+    assert set(kept.columns) == {("paper", 8.0), ("ours", 8.0)} and len(full.columns) > len(kept.columns)
+    assert kept.loc[(100, "trust"), ("ours", 8.0)] == 40.0
+
+
 class Constant(torch.nn.Module):
     """Always class ``c``: its accuracy is the share of that class."""
 

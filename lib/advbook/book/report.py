@@ -293,12 +293,15 @@ def paper_table(artifact_id: str) -> pd.DataFrame:
 
 
 def cells_beside(ours: pd.DataFrame, artifact_id: str, *, keys: list[str], value: str, index: list[str],
-                 columns: str, label: str = "ours") -> pd.DataFrame:
+                 columns: str, label: str = "ours", keep: dict | None = None) -> pd.DataFrame:
     """The paper's numbers beside ours, cell by cell: both tables are matched on ``keys`` and
     pivoted to ``index`` rows and (paper | ours) x ``columns`` columns. The paper's value column is
     the last of its ``columns``; ours is ``value``, as mean ± std over seeds where ``ours`` has
-    several (a ``seed`` column)."""
+    several (a ``seed`` column). ``keep`` (column -> values) keeps only those rows of both tables,
+    so that a wide table can be shown a few columns at a time."""
     paper = paper_table(artifact_id)
+    for column, values in (keep or {}).items():
+        paper, ours = (t[t[column].isin(list(values))] for t in (paper, ours))
     paper = paper.rename(columns={paper.columns[-1]: "paper"})
     several = "seed" in ours and ours["seed"].nunique() > 1
     agg = ours.groupby(keys, sort=False)[value].agg(["mean", "std"]).reset_index()
